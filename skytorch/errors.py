@@ -70,3 +70,24 @@ class TransportError(SkyTorchError):
 
 class ServerUnavailableError(TransportError):
     """The tensor server at ``target`` could not be reached."""
+
+
+class UnsupportedTensorError(TransportError, TypeError):
+    """A tensor cannot go on the wire (sparse, quantized, nested, meta, or an unsupported dtype).
+
+    Raised before anything is sent; it is also a ``TypeError``.
+    """
+
+
+class TensorRejectedError(TransportError):
+    """The tensor server refused a call: bad input (INVALID_ARGUMENT), an unknown id
+    (NOT_FOUND) or a size over its limits (RESOURCE_EXHAUSTED). ``status`` says which."""
+
+
+class RemoteHandlerError(TransportError):
+    """The server's tensor handler raised while processing a streamed tensor; the
+    message carries the handler's exception."""
+
+
+class TransportTimeoutError(TransportError, TimeoutError):
+    """A tensor call did not complete before its deadline."""
