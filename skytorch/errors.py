@@ -91,3 +91,7 @@ class RemoteHandlerError(TransportError):
 
 class TransportTimeoutError(TransportError, TimeoutError):
     """A tensor call did not complete before its deadline."""
+
+
+class ComputeSpecError(ComputeError, ValueError):
+    """A Compute was given an invalid name or setting (raised before any I/O); also a ``ValueError``."""

@@ -1,0 +1,672 @@
+"""The embedded local backend: each Compute is a ``python -m skytorch.server`` child process on loopback.
+
+Used with ``SKYTORCH_BACKEND=local`` or when there is no Kubernetes configuration
+at all. It plays the operator's part in-process, so :class:`skytorch.client.Compute`
+has one code path for both backends:
+
+- apply = start the server (or restart it when command, args, env or resources
+  changed); ``suspend: true`` stops it (the Compute stays), ``suspend: false``
+  starts it again;
+- the ``Ready`` condition turns ``True`` once the server wrote its ``host:port``
+  ready file and answers the gRPC health check with SERVING;
+- delete = SIGTERM, then SIGKILL after the grace period;
+- Events are synthesised as ``CoreV1Event`` objects with the operator's reasons
+  (Created, Started, Ready, Suspended, Resumed, Killing; Warning Failed with the
+  tail of the server's stderr when it dies);
+- ``image`` is ignored (one log line); ``env``, ``command`` and ``args`` are honoured.
+
+Children never outlive this process: each one asks the kernel for SIGKILL when
+its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux), and is spawned from one
+long-lived spawner thread because that signal fires when the forking *thread*
+exits. On a normal interpreter exit an ``atexit`` hook stops them as well.
+
+Everything here is loop-independent (``subprocess.Popen`` and threads), so the
+methods may be called from different event loops one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import ctypes
+import datetime as _dt
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Mapping
+
+from skytorch.backends.base import Backend
+from skytorch.errors import BackendError
+from skytorch.resources import (
+    API_VERSION,
+    KIND,
+    READY,
+    SUSPENDED,
+    ComputeResource,
+    now_rfc3339,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Environment variables a custom ``command`` reads to know where to listen and
+#: where to write ``host:port`` once serving (``python -m skytorch.server`` gets flags).
+READY_FILE_ENV = "SKYTORCH_READY_FILE"
+HOST_ENV = "SKYTORCH_HOST"
+PORT_ENV = "SKYTORCH_PORT"
+
+#: How long a server may take to become ready before the Compute is marked Failed.
+DEFAULT_START_TIMEOUT = 120.0
+#: Grace period when a server is stopped for a suspend or a restart.
+DEFAULT_STOP_GRACE = 10.0
+#: Bytes of the server's stderr quoted in a Failed event.
+STDERR_TAIL_BYTES = 2000
+#: How many Events are kept per Compute.
+MAX_EVENTS = 200
+
+_PR_SET_PDEATHSIG = 1
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_EVENT_SOURCE = "skytorch-local"
+
+
+# --------------------------------------------------------------------------- spawning
+
+
+def _make_preexec(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with SIGKILL when this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # pragma: no cover - not glibc/musl
+        return None
+
+    def _preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return _preexec
+
+
+class _Spawner:
+    """One long-lived thread that forks every child, so PR_SET_PDEATHSIG lasts as long as the process."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._requests = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._run, name="skytorch-local-spawner", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            fn, fut = self._requests.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the caller
+                fut.set_exception(exc)
+
+    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen:
+        """``subprocess.Popen(*args, **kwargs)`` executed on the spawner thread."""
+        self._ensure_thread()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._requests.put((lambda: subprocess.Popen(*args, **kwargs), fut))
+        return fut.result()
+
+
+_spawner = _Spawner()
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class _Subscriber:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+    def push(self, item: Any) -> bool:
+        """Hand ``item`` to the subscriber's loop; ``False`` once that loop is closed."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            return True
+        except RuntimeError:
+            return False
+
+
+@dataclass
+class _Server:
+    """One running ``python -m skytorch.server`` child."""
+
+    proc: subprocess.Popen
+    workdir: str
+    ready_file: str
+    log_path: str
+    stopping: bool = False
+    port: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def stderr_tail(self, limit: int = STDERR_TAIL_BYTES) -> str:
+        """The last ``limit`` bytes the server wrote to stderr/stdout."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - limit))
+                return fh.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+
+@dataclass
+class _Record:
+    """What the local backend stores for one Compute (the emulated API object)."""
+
+    name: str
+    namespace: str
+    uid: str
+    created: str
+    resource_version: int
+    generation: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    server: _Server | None = None
+    failed: bool = False
+    deleting: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+            "resourceVersion": str(self.resource_version),
+            "generation": self.generation,
+            "creationTimestamp": self.created,
+        }
+        if self.labels:
+            metadata["labels"] = dict(self.labels)
+        if self.annotations:
+            metadata["annotations"] = dict(self.annotations)
+        status: dict[str, Any] = {}
+        if self.conditions:
+            status["conditions"] = [dict(c) for c in self.conditions.values()]
+        if self.server is not None and self.server.port is not None:
+            status["addresses"] = [{"type": "IPAddress", "value": "127.0.0.1"}]
+        return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata,
+                "spec": dict(self.spec), "status": status}
+
+    def set_condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
+        old = self.conditions.get(type_)
+        if old and old["status"] == status and old["reason"] == reason and old["message"] == message:
+            return
+        transition = old["lastTransitionTime"] if old and old["status"] == status else now_rfc3339()
+        self.conditions[type_] = {
+            "type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": transition, "observedGeneration": self.generation,
+        }
+
+
+def _runtime_spec(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parts of a spec that need a server restart when they change."""
+    env = tuple((e.get("name"), e.get("value")) for e in spec.get("env") or [])
+    resources = tuple(sorted((spec.get("resources") or {}).items()))
+    return (tuple(spec.get("command") or ()), tuple(spec.get("args") or ()), env, resources)
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class LocalBackend(Backend):
+    """Computes as tensor-server child processes on 127.0.0.1 (the embedded default backend)."""
+
+    kind = "local"
+    #: A failed local server does not come back by itself: ``ready()`` fails at once.
+    terminal_failures = True
+
+    def __init__(self, namespace: str = "default", *, python: str = sys.executable,
+                 start_timeout: float = DEFAULT_START_TIMEOUT, stop_grace: float = DEFAULT_STOP_GRACE) -> None:
+        self.namespace = namespace
+        self.python = python
+        self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
+        self._lock = threading.RLock()
+        self._records: dict[str, _Record] = {}
+        self._events: dict[str, list[Any]] = {}
+        self._watchers: dict[str, list[_Subscriber]] = {}
+        self._event_watchers: dict[str, list[_Subscriber]] = {}
+        self._rv = 0
+        self._image_logged = False
+        self._closed = False
+        _live_backends.add(self)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _next_rv(self) -> int:
+        self._rv += 1
+        return self._rv
+
+    def _who(self, name: str) -> str:
+        return f"{self.namespace}/{name}"
+
+    def _publish(self, name: str) -> None:
+        """Push the Compute's current state to every watcher (call with the lock held)."""
+        rec = self._records.get(name)
+        item = ComputeResource.from_dict(rec.to_dict()) if rec is not None else None
+        subs = self._watchers.get(name, [])
+        subs[:] = [s for s in subs if s.push(item)]
+
+    def _changed(self, rec: _Record) -> None:
+        rec.resource_version = self._next_rv()
+        self._publish(rec.name)
+
+    def _emit(self, rec: _Record, reason: str, message: str, type_: str = "Normal") -> None:
+        """Synthesise a ``CoreV1Event`` about ``rec`` and hand it to every event stream (lock held)."""
+        from kubernetes_asyncio.client.models import CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
+
+        now = _dt.datetime.now(_dt.timezone.utc)
+        event = CoreV1Event(
+            api_version="v1",
+            kind="Event",
+            metadata=V1ObjectMeta(
+                name=f"{rec.name}.{uuid.uuid4().hex[:16]}",
+                namespace=rec.namespace,
+                uid=str(uuid.uuid4()),
+                resource_version=str(self._next_rv()),
+                creation_timestamp=now,
+            ),
+            involved_object=V1ObjectReference(
+                api_version=API_VERSION, kind=KIND, name=rec.name, namespace=rec.namespace, uid=rec.uid,
+                resource_version=str(rec.resource_version),
+            ),
+            reason=reason,
+            message=message,
+            type=type_,
+            count=1,
+            first_timestamp=now,
+            last_timestamp=now,
+            source=V1EventSource(component=_EVENT_SOURCE, host="localhost"),
+            reporting_component=_EVENT_SOURCE,
+            reporting_instance="localhost",
+        )
+        events = self._events.setdefault(rec.name, [])
+        events.append(event)
+        del events[:-MAX_EVENTS]
+        subs = self._event_watchers.get(rec.name, [])
+        subs[:] = [s for s in subs if s.push(event)]
+        log = logger.warning if type_ == "Warning" else logger.debug
+        log("Compute %s: %s %s: %s", self._who(rec.name), type_, reason, message)
+
+    # ------------------------------------------------------------------ processes
+
+    def _command(self, rec: _Record, ready_file: str) -> tuple[list[str], dict[str, str]]:
+        spec = rec.spec
+        env = dict(os.environ)
+        env.update({e["name"]: str(e.get("value", "")) for e in spec.get("env") or [] if "name" in e})
+        env[READY_FILE_ENV] = ready_file
+        env[HOST_ENV] = "127.0.0.1"
+        env[PORT_ENV] = "0"
+        for key, value in (spec.get("resources") or {}).items():  # visible to the server, like a pod's limits
+            env[f"SKYTORCH_RESOURCE_{key.upper().replace('.', '_').replace('/', '_').replace('-', '_')}"] = str(value)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        # The child imports this very skytorch, also when it is not installed (a source checkout).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        command = list(spec.get("command") or [])
+        args = [str(a) for a in spec.get("args") or []]
+        if command:
+            if command[0] in ("python", "python3"):  # the image's python is this interpreter locally
+                command[0] = self.python
+            return command + args, env
+        base = [self.python, "-m", "skytorch.server", "--host", "127.0.0.1", "--port", "0",
+                "--ready-file", ready_file, "--grace-period", str(self.stop_grace)]
+        return base + args, env
+
+    def _start(self, rec: _Record) -> None:
+        """Start the server of ``rec`` (lock held); readiness is watched by a monitor thread."""
+        workdir = tempfile.mkdtemp(prefix=f"skytorch-local-{rec.name}-")
+        ready_file = os.path.join(workdir, "ready")
+        log_path = os.path.join(workdir, "server.log")
+        argv, env = self._command(rec, ready_file)
+        log_fh = open(log_path, "wb")
+        try:
+            proc = _spawner.popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
+                preexec_fn=_make_preexec(os.getpid()), start_new_session=True, close_fds=True,
+            )
+        except OSError as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            rec.failed = True
+            rec.set_condition(READY, "False", "Failed", f"cannot start {argv[0]!r}: {exc}")
+            self._emit(rec, "Failed", f"Cannot start the tensor server {argv!r}: {exc}", "Warning")
+            self._changed(rec)
+            return
+        finally:
+            log_fh.close()
+        server = _Server(proc=proc, workdir=workdir, ready_file=ready_file, log_path=log_path)
+        rec.server = server
+        rec.failed = False
+        rec.set_condition(READY, "False", "Starting", f"tensor server process {proc.pid} is starting")
+        self._emit(rec, "Started", f"Started tensor server process {proc.pid} on 127.0.0.1")
+        self._changed(rec)
+        logger.info("Compute %s: started local tensor server (pid %d, log %s)", self._who(rec.name), proc.pid, log_path)
+        threading.Thread(target=self._monitor, args=(rec.name, server), daemon=True,
+                         name=f"skytorch-local-monitor-{rec.name}").start()
+
+    def _monitor(self, name: str, server: _Server) -> None:
+        """Thread: wait for the ready file and a SERVING health check, then for the process to exit."""
+        proc = server.proc
+        deadline = time.monotonic() + self.start_timeout
+        port: int | None = None
+        delay = 0.005
+        while port is None and not server.stopping:
+            if proc.poll() is not None:
+                break
+            try:
+                with open(server.ready_file) as fh:
+                    text = fh.read().strip()
+                if text:
+                    port = int(text.rsplit(":", 1)[1])
+                    break
+            except (OSError, ValueError, IndexError):
+                pass
+            if time.monotonic() > deadline:
+                self._fail(name, server, f"the tensor server did not become ready within {self.start_timeout:.0f}s")
+                self._terminate(server, self.stop_grace)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        if port is not None and not server.stopping:
+            serving = _health_check("127.0.0.1", port)
+            with self._lock:
+                rec = self._records.get(name)
+                if rec is not None and rec.server is server and not server.stopping and proc.poll() is None:
+                    if serving:
+                        server.port = port
+                        rec.set_condition(READY, "True", "ServerReady", f"tensor server serving on 127.0.0.1:{port}")
+                        self._emit(rec, "Ready", f"Tensor server is serving on 127.0.0.1:{port}")
+                        self._changed(rec)
+                    else:
+                        self._fail(name, server, f"the tensor server on 127.0.0.1:{port} is not SERVING")
+                        self._terminate(server, self.stop_grace)
+                        return
+        code = proc.wait()
+        if not server.stopping:
+            self._fail(name, server, f"the tensor server process {proc.pid} exited with code {code}")
+
+    def _fail(self, name: str, server: _Server, what: str) -> None:
+        tail = server.stderr_tail()
+        message = what + (f"; last output:\n{tail}" if tail else "")
+        with self._lock:
+            rec = self._records.get(name)
+            if rec is None or rec.server is not server or server.stopping:
+                return
+            rec.failed = True
+            server.port = None
+            rec.set_condition(READY, "False", "Failed", message[-STDERR_TAIL_BYTES:])
+            self._emit(rec, "Failed", message, "Warning")
+            self._changed(rec)
+
+    @staticmethod
+    def _terminate(server: _Server, grace: float) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; blocks until the process is gone."""
+        server.stopping = True
+        proc = server.proc
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=max(grace, 0))
+            except subprocess.TimeoutExpired:
+                logger.warning("Tensor server %d did not stop within %.0fs of SIGTERM: killing it", proc.pid, grace)
+                proc.kill()
+                proc.wait()
+            except ProcessLookupError:  # pragma: no cover - raced with its exit
+                pass
+        shutil.rmtree(server.workdir, ignore_errors=True)
+        return proc.returncode
+
+    async def _stop(self, rec: _Record, grace: float, reason_message: str) -> None:
+        server = rec.server
+        if server is None:
+            return
+        with self._lock:
+            server.stopping = True
+            self._emit(rec, "Killing", f"Stopping tensor server process {server.proc.pid}: {reason_message}")
+        await asyncio.to_thread(self._terminate, server, grace)
+        with self._lock:
+            if rec.server is server:
+                rec.server = None
+
+    # ------------------------------------------------------------------ Backend API
+
+    async def apply(self, manifest: Mapping[str, Any]) -> ComputeResource:
+        """Create or update a Compute: start, restart, stop or resume its server as the spec says."""
+        if self._closed:
+            raise BackendError("the local backend was shut down")
+        metadata = manifest.get("metadata") or {}
+        name = metadata.get("name")
+        if not name:
+            raise BackendError("apply: the manifest has no metadata.name")
+        spec = dict(manifest.get("spec") or {})
+        if not spec:
+            raise BackendError(f"Compute {self._who(name)}: spec must have at least one property")
+        if spec.get("image") and not self._image_logged:
+            self._image_logged = True
+            logger.info("The local backend ignores container images (Compute %s asked for %r): "
+                        "servers run with this Python", self._who(name), spec["image"])
+        with self._lock:
+            rec = self._records.get(name)
+            before: dict[str, Any] | None = None
+            if rec is None or rec.deleting:
+                rec = _Record(name=name, namespace=self.namespace, uid=str(uuid.uuid4()), created=now_rfc3339(),
+                              resource_version=self._next_rv(), spec=spec)
+                self._records[name] = rec
+                self._emit(rec, "Created", f"Created Compute {name} on the local backend")
+                spec_changed, was_suspended = True, False
+            else:
+                before = rec.to_dict()
+                spec_changed = _runtime_spec(rec.spec) != _runtime_spec(spec)
+                was_suspended = bool(rec.spec.get("suspend"))
+                if rec.spec != spec:
+                    rec.generation += 1
+                rec.spec = spec
+            rec.labels = dict(metadata.get("labels") or {})
+            rec.annotations = dict(metadata.get("annotations") or {})
+            stop_reason: str | None = None
+            start = False
+            if spec.get("suspend"):
+                rec.set_condition(SUSPENDED, "True", "Suspended", "the tensor server is stopped")
+                rec.set_condition(READY, "False", "Suspended", "the Compute is suspended")
+                rec.failed = False
+                if rec.server is not None:
+                    stop_reason = "the Compute is suspended"
+                if not was_suspended:
+                    self._emit(rec, "Suspended", f"Compute {name} suspended: its tensor server is stopped")
+            else:
+                if was_suspended:
+                    rec.set_condition(SUSPENDED, "False", "Resumed", "the tensor server runs")
+                    self._emit(rec, "Resumed", f"Compute {name} resumed: its tensor server starts again")
+                if rec.server is not None:
+                    if spec_changed:
+                        stop_reason = "its spec changed: restarting it"
+                        rec.set_condition(READY, "False", "Restarting", "the spec changed: restarting the server")
+                        start = True
+                else:
+                    # A server that failed with this very spec is not retried by re-applying it unchanged.
+                    start = not (rec.failed and not spec_changed and not was_suspended)
+            if before is None or rec.to_dict() != before:
+                self._changed(rec)
+        if stop_reason is not None:
+            await self._stop(rec, self.stop_grace, stop_reason)
+        with self._lock:
+            if start and self._records.get(name) is rec and rec.server is None and not rec.spec.get("suspend"):
+                self._start(rec)
+            current = self._records.get(name)
+            if current is None:
+                raise BackendError(f"Compute {self._who(name)} was deleted while it was being applied")
+            return ComputeResource.from_dict(current.to_dict())
+
+    async def get(self, name: str) -> ComputeResource | None:
+        """The Compute as stored now, or ``None``."""
+        with self._lock:
+            rec = self._records.get(name)
+            return ComputeResource.from_dict(rec.to_dict()) if rec is not None else None
+
+    async def list(self, label_selector: str | None = None) -> list[ComputeResource]:
+        """Every local Compute, optionally filtered by ``k=v,k2=v2`` (``k`` alone: the label exists)."""
+        wanted: list[tuple[str, str | None]] = []
+        for part in (label_selector or "").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" in part:
+                key, value = part.split("=", 1)
+                wanted.append((key.rstrip("=").strip(), value.strip()))
+            else:
+                wanted.append((part, None))
+        with self._lock:
+            records = [r for r in self._records.values() if not r.deleting]
+            out = []
+            for rec in records:
+                if all((k in rec.labels) if v is None else rec.labels.get(k) == v for k, v in wanted):
+                    out.append(ComputeResource.from_dict(rec.to_dict()))
+            return sorted(out, key=lambda r: r.metadata.name)
+
+    async def watch(self, name: str) -> AsyncIterator[ComputeResource | None]:  # type: ignore[override]
+        """The Compute now, then after each change (``None`` once deleted); runs until the caller stops."""
+        sub = _Subscriber(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            self._watchers.setdefault(name, []).append(sub)
+            rec = self._records.get(name)
+            first = ComputeResource.from_dict(rec.to_dict()) if rec is not None else None
+        try:
+            yield first
+            while True:
+                yield await sub.queue.get()
+        finally:
+            with self._lock:
+                subs = self._watchers.get(name, [])
+                if sub in subs:
+                    subs.remove(sub)
+
+    async def events(self, name: str) -> AsyncIterator[Any]:  # type: ignore[override]
+        """The Compute's synthesised events so far, then new ones as they happen."""
+        sub = _Subscriber(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            self._event_watchers.setdefault(name, []).append(sub)
+            existing = list(self._events.get(name, []))
+        try:
+            for event in existing:
+                yield event
+            while True:
+                yield await sub.queue.get()
+        finally:
+            with self._lock:
+                subs = self._event_watchers.get(name, [])
+                if sub in subs:
+                    subs.remove(sub)
+
+    async def delete(self, name: str, grace_period_seconds: int = 30) -> bool:
+        """Stop the server (SIGTERM, SIGKILL after the grace period) and forget the Compute."""
+        with self._lock:
+            rec = self._records.get(name)
+            if rec is None or rec.deleting:
+                return False
+            rec.deleting = True
+        if rec.server is not None:
+            await self._stop(rec, float(grace_period_seconds),
+                             f"the Compute is being deleted (grace period {grace_period_seconds}s)")
+        with self._lock:
+            if self._records.get(name) is rec:
+                del self._records[name]
+            self._events.pop(name, None)
+            self._publish(name)
+        return True
+
+    def endpoint(self, name: str, port: int) -> tuple[str, int]:
+        """``("127.0.0.1", port the server bound)``; the ``port`` argument does not apply locally."""
+        with self._lock:
+            rec = self._records.get(name)
+            server = rec.server if rec is not None else None
+            if server is None or server.port is None:
+                raise BackendError(f"Compute {self._who(name)} has no running tensor server on this machine")
+            return "127.0.0.1", server.port
+
+    def pids(self) -> dict[str, int]:
+        """Process ids of the running servers by Compute name (for tests and diagnostics)."""
+        with self._lock:
+            return {n: r.server.proc.pid for n, r in self._records.items() if r.server is not None}
+
+    def shutdown(self, grace: float = 2.0) -> None:
+        """Stop every server now (blocking): used at interpreter exit and by tests."""
+        with self._lock:
+            self._closed = True
+            servers = [r.server for r in self._records.values() if r.server is not None]
+            self._records.clear()
+            self._events.clear()
+        for server in servers:
+            server.stopping = True
+            if server.proc.poll() is None:
+                try:
+                    server.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:  # pragma: no cover
+                    pass
+        deadline = time.monotonic() + grace
+        for server in servers:
+            try:
+                server.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def _health_check(host: str, port: int, timeout: float = 10.0) -> bool:
+    """Whether the tensor server at ``host:port`` answers the gRPC health check with SERVING."""
+    from skytorch.transport import TensorClient
+
+    async def _check() -> bool:
+        client = TensorClient(host, port)
+        try:
+            return bool(await asyncio.wait_for(client.health(), timeout))
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(_check())
+    except Exception:
+        logger.debug("Health check of %s:%d failed", host, port, exc_info=True)
+        return False
+
+
+_live_backends: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:  # pragma: no cover - runs at interpreter exit
+    for backend in list(_live_backends):
+        try:
+            backend.shutdown()
+        except Exception:
+            pass
