@@ -63,15 +63,19 @@ def label_value(text: str) -> str:
 
 
 def kernel_id() -> str:
-    """This kernel's id (from its connection file ``kernel-<id>.json``), or a per-process uuid outside a kernel."""
+    """This kernel's id, or a per-process uuid outside a kernel.
+
+    The id is the name of the kernel's connection file without ``kernel-`` and
+    ``.json`` (Jupyter servers name it ``kernel-<kernel id>.json``).
+    """
     global _kernel_id
     if _kernel_id is None:
         found = None
         try:
             from ipykernel.connect import get_connection_file
 
-            match = re.search(r"kernel-([^/\\]+)\.json$", get_connection_file())
-            found = match.group(1) if match else None
+            stem = os.path.splitext(os.path.basename(get_connection_file()))[0]
+            found = stem.removeprefix("kernel-") or None
         except Exception:  # not in a kernel, or no connection file
             found = None
         _kernel_id = label_value(found or f"process-{uuid.uuid4()}")
@@ -268,8 +272,8 @@ def install() -> None:
             io_loop = getattr(kernel, "io_loop", None)
             _state.loop = getattr(io_loop, "asyncio_loop", None)
         _patch_shutdown(kernel)
+        _install_sigterm_handler()
     atexit.register(_atexit_cleanup)
-    _install_sigterm_handler()
     logger.debug("Kernel lifecycle installed, labels %s", _hooks.default_labels)
 
 
