@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 READY_FILE_ENV = "SKYTORCH_READY_FILE"
 HOST_ENV = "SKYTORCH_HOST"
 PORT_ENV = "SKYTORCH_PORT"
+#: Set in every child to ``namespace/name`` of its Compute (how tests and tools recognise them).
+COMPUTE_ENV = "SKYTORCH_LOCAL_COMPUTE"
 
 #: How long a server may take to become ready before the Compute is marked Failed.
 DEFAULT_START_TIMEOUT = 120.0
@@ -328,6 +330,7 @@ class LocalBackend(Backend):
         env[READY_FILE_ENV] = ready_file
         env[HOST_ENV] = "127.0.0.1"
         env[PORT_ENV] = "0"
+        env[COMPUTE_ENV] = self._who(rec.name)
         for key, value in (spec.get("resources") or {}).items():  # visible to the server, like a pod's limits
             env[f"SKYTORCH_RESOURCE_{key.upper().replace('.', '_').replace('/', '_').replace('-', '_')}"] = str(value)
         env.setdefault("PYTHONUNBUFFERED", "1")
