@@ -66,6 +66,7 @@ class CellResult:
 
     outputs: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    reply: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stdout(self) -> str:
@@ -84,6 +85,11 @@ class CellResult:
     def text(self) -> str:
         """All text of the outputs (streams and text/plain)."""
         return self.stdout + self.stderr + "\n".join(self.data("text/plain"))
+
+    def value(self) -> str:
+        """The ``text/plain`` of the cell's result (its last expression)."""
+        values = [o["data"]["text/plain"] for o in self.outputs if "execution_count" in o]
+        return values[-1] if values else ""
 
 
 class KernelSession:
@@ -122,6 +128,14 @@ class KernelSession:
                 result.outputs.append(content)
             elif kind == "error":
                 result.error = content
+        while True:  # the execute_reply (payloads such as the pager of ``%magic?``)
+            try:
+                msg = self.kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if msg["parent_header"].get("msg_id") == msg_id:
+                result.reply = msg["content"]
+                break
         if result.error and not allow_error:
             raise AssertionError(
                 f"cell failed: {result.error['ename']}: {result.error['evalue']}\n"
