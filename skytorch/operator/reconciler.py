@@ -153,7 +153,7 @@ class Reconciler:
         try:
             await self._custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, key[0], PLURAL, key[1], {"status": new},
-                _content_type="application/merge-patch+json")
+                field_manager=OPERATOR_FIELD_MANAGER, _content_type="application/merge-patch+json")
         except ApiException as exc:
             if exc.status == 404:
                 return
@@ -183,13 +183,13 @@ class Reconciler:
 
     async def _read_statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            response = await self._apps.read_namespaced_stateful_set(name, namespace, _preload_content=False)
+            return await _json(await self._apps.read_namespaced_stateful_set(name, namespace,
+                                                                             _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise kopf.TemporaryError(f"Reading StatefulSet {namespace}/{name} failed: {_api_message(exc)}",
                                       delay=2) from exc
-        return await _json(response)
 
     async def _read_compute(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -221,10 +221,16 @@ def _controller_owner(obj: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 async def _json(response: Any) -> dict[str, Any]:
+    """The JSON body of a raw (``_preload_content=False``) response; ApiException unless it is a 2xx."""
     try:
-        return json.loads(await response.read())
+        data = await response.read()
     finally:
         response.release()
+    if not 200 <= response.status <= 299:
+        exc = ApiException(status=response.status, reason=response.reason)
+        exc.body = data.decode("utf-8", "replace")
+        raise exc
+    return json.loads(data)
 
 
 def _api_message(exc: ApiException) -> str:
