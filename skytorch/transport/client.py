@@ -37,7 +37,7 @@ from skytorch.errors import (
     TransportTimeoutError,
 )
 from skytorch.transport._proto.skytorch.v1 import ReceiveTensorsRequest, SendTensorsResponse, TensorChunk
-from skytorch.transport._wire import TunedChannel
+from skytorch.transport._wire import TunedChannel, send_chunk
 from skytorch.transport.codec import (
     TensorAssembler,
     check_sendable,
@@ -195,7 +195,7 @@ class TensorClient:
             if not known_total:
                 progress.total += tensor_nbytes(tensor)
             for chunk in iter_chunks(tensor_id, tensor, self.chunk_size):
-                await stream.send_message(chunk)
+                await send_chunk(stream, chunk)
                 progress.add(len(chunk.data))
             sent.append(tensor_id)
             index += 1

@@ -130,15 +130,17 @@ def check_sendable(tensor: object, name: str = "tensor") -> torch.Tensor:
 def byte_view(tensor: torch.Tensor) -> memoryview:
     """A writable byte ``memoryview`` over a contiguous CPU tensor's memory (no copy).
 
-    The view does not keep the tensor alive: callers hold a reference to the
-    tensor for as long as they use the view.
+    The view keeps the tensor alive (a transport may buffer it after a send
+    returns).
     """
     nbytes = tensor.numel() * tensor.element_size()
     if nbytes == 0:
         return memoryview(b"")
     if not tensor.is_contiguous() or tensor.device.type != "cpu":
         raise ValueError("byte_view needs a contiguous CPU tensor")
-    return memoryview((ctypes.c_char * nbytes).from_address(tensor.data_ptr())).cast("B")
+    array = (ctypes.c_char * nbytes).from_address(tensor.data_ptr())
+    array._keep_alive = tensor  # type: ignore[attr-defined]  # the view keeps the tensor's memory alive
+    return memoryview(array).cast("B")
 
 
 def to_wire_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from skytorch.transport._proto.skytorch.v1 import (
     SendTensorsResponse,
     TensorChunk,
 )
+from skytorch.transport._wire import send_chunk
 from skytorch.transport.codec import (
     DEFAULT_CHUNK_SIZE,
     DTYPES,
@@ -210,7 +211,7 @@ class TensorService:
     async def _send_tensor(self, stream: Stream, tensor_id: str, tensor: torch.Tensor,
                            metadata: Mapping[str, str] | None = None) -> None:
         for chunk in iter_chunks(tensor_id, tensor, self.chunk_size, metadata):
-            await stream.send_message(chunk)
+            await send_chunk(stream, chunk)
 
     # ------------------------------------------------------------------ RPCs
 
