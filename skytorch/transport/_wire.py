@@ -59,6 +59,7 @@ from h2.stream import StreamInputs
 from hyperframe import frame as _hf
 
 from skytorch.transport._proto.skytorch.v1 import TensorChunk, TensorHeader
+from skytorch.transport.codec import has_header
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def encode_chunk(chunk: TensorChunk) -> bytes:
     if chunk.chunk_index:
         parts += (b"\x10", _varint(chunk.chunk_index))
     header = chunk.header
-    if header is not None:
+    if has_header(chunk):
         hb = bytes(header)
         parts += (b"\x1a", _varint(len(hb)), hb)
     data = chunk.data
@@ -136,7 +137,7 @@ def encode_chunk_head(chunk: TensorChunk, data_len: int) -> bytes:
         parts += (b"\x0a", _varint(len(tid)), tid)
     if chunk.chunk_index:
         parts += (b"\x10", _varint(chunk.chunk_index))
-    if chunk.header is not None:
+    if has_header(chunk):
         hb = bytes(chunk.header)
         parts += (b"\x1a", _varint(len(hb)), hb)
     if chunk.last:
@@ -213,10 +214,17 @@ class TensorCodec(ProtoCodec):
 class _FastFrameBuffer(FrameBuffer):
     """h2's FrameBuffer without the copies: DATA payloads are memoryviews into the received reads."""
 
-    def __init__(self, server: bool = False) -> None:
+    def __init__(self, connection: Any, server: bool = False) -> None:
         super().__init__(server=server)
+        self._connection = connection
         self._views: deque[memoryview] = deque()
         self._size = 0
+
+    def _validate_frame_length(self, length: int) -> None:
+        # h2 sets max_frame_size once per read, before the frames in it are processed:
+        # a SETTINGS ack raising the limit and a frame using it often share a read.
+        self.max_frame_size = self._connection.max_inbound_frame_size
+        super()._validate_frame_length(length)
 
     def add_data(self, data: Any) -> None:
         """Add bytes read from the socket (kept, not copied)."""
@@ -301,7 +309,7 @@ class _TunedH2Protocol(H2Protocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         h2 = self.connection._connection
-        h2.incoming_buffer = _FastFrameBuffer(server=not h2.config.client_side)
+        h2.incoming_buffer = _FastFrameBuffer(h2, server=not h2.config.client_side)
         self.connection._connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
         self.connection.flush()
         sock = transport.get_extra_info("socket")

@@ -41,6 +41,7 @@ from skytorch.transport._wire import TunedChannel, send_chunk
 from skytorch.transport.codec import (
     TensorAssembler,
     check_sendable,
+    has_header,
     chunk_size_from_env,
     iter_chunks,
     tensor_nbytes,
@@ -266,7 +267,7 @@ class TensorClient:
         assembler = TensorAssembler()
         try:
             while (chunk := await stream.recv_message()) is not None:
-                if chunk.header is not None:
+                if has_header(chunk):
                     tracker.total += chunk.header.nbytes
                 done = assembler.feed(chunk)
                 tracker.add(len(chunk.data))

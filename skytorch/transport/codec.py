@@ -58,6 +58,12 @@ if sys.byteorder != "little":  # pragma: no cover - no big-endian host runs torc
     raise ImportError("skytorch.transport needs a little-endian host (the wire format is little-endian)")
 
 
+def has_header(chunk: TensorChunk) -> bool:
+    """Whether a chunk carries a header (betterproto gives unset message fields a default instance)."""
+    h = chunk.header
+    return h is not None and bool(h.dtype or h.shape or h.nbytes or h.metadata)
+
+
 class ChunkError(Exception):
     """A chunk stream broke the wire contract; ``status`` is the gRPC status to answer with."""
 
@@ -292,7 +298,7 @@ class TensorAssembler:
                     f"tensor {tensor_id!r}: chunk {chunk.chunk_index} arrived first; a tensor starts with chunk 0",
                 )
             header = chunk.header
-            if header is None:
+            if not has_header(chunk):
                 raise ChunkError(
                     Status.INVALID_ARGUMENT,
                     f"tensor {tensor_id!r}: first chunk has no header (dtype, shape, nbytes)",
@@ -317,7 +323,7 @@ class TensorAssembler:
                     f"tensor {pending.tensor_id!r}: chunk of tensor {tensor_id!r} arrived before its last chunk "
                     f"({pending.received} of {pending.nbytes} bytes received)",
                 )
-            if chunk.header is not None:
+            if has_header(chunk):
                 raise ChunkError(
                     Status.INVALID_ARGUMENT,
                     f"tensor {tensor_id!r}: chunk {chunk.chunk_index} carries a header; only chunk 0 may",

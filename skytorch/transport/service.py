@@ -191,6 +191,8 @@ class TensorService:
     async def drain(self, timeout: float) -> bool:
         """Refuse new calls, wait up to ``timeout`` s for in-flight ones; True if all finished."""
         self.draining = True
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
