@@ -40,8 +40,11 @@ def fail_on_negative(tensor: torch.Tensor, metadata: Mapping[str, str]) -> torch
 
 
 def slow(tensor: torch.Tensor, metadata: Mapping[str, str]) -> torch.Tensor:
-    """Handler: sleeps ``metadata['sleep']`` seconds (default 2), then echoes."""
-    time.sleep(float(metadata.get("sleep", "2")))
+    """Handler: touches ``$SKYTORCH_TEST_STARTED`` (if set), sleeps ``$SKYTORCH_TEST_SLEEP`` s (default 2), echoes."""
+    marker = os.environ.get("SKYTORCH_TEST_STARTED")
+    if marker:
+        pathlib.Path(marker).touch()
+    time.sleep(float(os.environ.get("SKYTORCH_TEST_SLEEP", "2")))
     return tensor
 
 
