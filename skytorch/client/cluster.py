@@ -71,20 +71,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def _all(self, call: Callable[[Compute], Awaitable[Any]], *, fail_fast: bool) -> list[BaseException]:
-        """Run ``call`` on every Compute in parallel; return the failures (in Compute order).
-
-        With ``fail_fast`` the remaining calls are cancelled at the first failure.
-        """
+    async def _all(self, call: Callable[[Compute], Awaitable[Any]]) -> list[BaseException]:
+        """Run ``call`` on every Compute in parallel; return the failures (in Compute order)."""
         tasks = [asyncio.ensure_future(call(c)) for c in self._computes]
         if not tasks:
             return []
         try:
-            if fail_fast:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for task in tasks:
-                    if not task.done():
-                        task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         except asyncio.CancelledError:
             for task in tasks:
@@ -96,10 +88,10 @@ class Cluster:
     async def ready(self, timeout: float | None = None) -> "Cluster":
         """Wait until every Compute is ready, in parallel (``timeout`` per Compute; None: their default).
 
-        At the first failure the other waits are cancelled.
+        Every wait runs to its end, so all failures are reported together.
         """
         kwargs = {} if timeout is None else {"timeout": timeout}
-        failures = await self._all(lambda c: c.ready(**kwargs), fail_fast=True)
+        failures = await self._all(lambda c: c.ready(**kwargs))
         _raise_failures(failures, "become ready", len(self))
         return self
 
@@ -113,7 +105,7 @@ class Cluster:
 
     async def delete(self, grace_period_seconds: int = 30) -> None:
         """Delete every Compute in parallel; every one is attempted even when some fail."""
-        failures = await self._all(lambda c: c.delete(grace_period_seconds), fail_fast=False)
+        failures = await self._all(lambda c: c.delete(grace_period_seconds))
         _raise_failures(failures, "be deleted", len(self))
 
     async def __aenter__(self) -> "Cluster":
