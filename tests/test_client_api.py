@@ -151,3 +151,15 @@ def test_public_names():
                  "ComputeTimeoutError", "ComputeNotReadyError", "KubernetesApiError", "SkyTorchError"):
         assert name in client.__all__ and hasattr(client, name)
     assert issubclass(client.ComputeTimeoutError, TimeoutError)
+
+
+def test_keep_is_recorded_as_a_label(local_client):
+    kept = Compute("kept-one", suspend=True, keep=True, labels={"team": "ml"})
+    plain = Compute("plain-one", suspend=True)
+    try:
+        assert kept.keep is True and kept.resource.metadata.labels == {"team": "ml", "skytorch.dev/keep": "true"}
+        assert plain.keep is False and "skytorch.dev/keep" not in plain.resource.metadata.labels
+    finally:
+        from skytorch.client._sync import run_sync
+
+        run_sync(Cluster(kept, plain).delete(grace_period_seconds=5))

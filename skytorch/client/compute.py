@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 #: Every value :attr:`Compute.state` takes.
 STATES = ("Applying", "Pending", "Ready", "Suspended", "Failed", "Deleted")
 
+#: Label put on Computes created with ``keep=True``.
+KEEP_LABEL = "skytorch.dev/keep"
+
 #: How many events :attr:`Compute.recent_events` keeps.
 RECENT_EVENTS = 50
 
@@ -191,6 +194,8 @@ class Compute:
 
         _hooks.maybe_install_kernel_integration()
         self._labels = {**_hooks.default_labels, **user_labels}
+        if self._keep:  # `%skytorch gc` from another kernel leaves kept Computes alone
+            self._labels[KEEP_LABEL] = "true"
         _config.mark_initialized()
 
         try:
