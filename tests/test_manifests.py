@@ -7,22 +7,20 @@ schemas); Compute objects and statuses with the CRD's own openAPIV3Schema.
 from __future__ import annotations
 
 import copy
-import pathlib
 import re
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from skytorch.operator import InvalidComputeSpec, OperatorConfig
 from skytorch.operator import manifests, status
 from skytorch.operator.settings import OperatorConfigError
 from skytorch.resources import API_VERSION, DEFAULT_PORT, KIND, ComputeSpec, apply_manifest
+from tests.plugins.operator import load_crd_schema, validate_compute
 
 K8S_VERSION = "1.37.0"
-CRD_PATH = pathlib.Path(__file__).resolve().parent.parent / "deploy" / "crds" / "compute.skytorch.dev_computes.yaml"
 CONFIG = OperatorConfig(server_image="registry.test/skytorch-server:default")
 
 
@@ -62,23 +60,7 @@ FULL_SPEC: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def crd_schema() -> dict[str, Any]:
-    (crd,) = [d for d in yaml.safe_load_all(CRD_PATH.read_text()) if d]
-    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-
-
-def validate_compute(obj: dict[str, Any], schema: dict[str, Any]) -> None:
-    """Validate a Compute as the API server would: the schema, then the CEL name rules (two regex/size rules)."""
-    jsonschema.Draft4Validator(schema).validate(obj)
-    for rule in schema["x-kubernetes-validations"]:
-        name = obj["metadata"]["name"]
-        if m := re.fullmatch(r"self\.metadata\.name\.matches\('(.+)'\)", rule["rule"]):
-            ok = re.search(m.group(1), name) is not None
-        elif m := re.fullmatch(r"size\(self\.metadata\.name\) <= (\d+)", rule["rule"]):
-            ok = len(name) <= int(m.group(1))
-        else:
-            raise AssertionError(f"unknown rule {rule['rule']}")
-        if not ok:
-            raise jsonschema.ValidationError(rule["message"])
+    return load_crd_schema()
 
 
 # -- StatefulSet and Service ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from skytorch.operator import manifests
 from skytorch.resources import API_VERSION, DEFAULT_PORT, KIND, OPERATOR_FIELD_MANAGER
-from tests.plugins.operator import TEST_SERVER_IMAGE, poll
+from tests.plugins.operator import TEST_SERVER_IMAGE, load_crd_schema, poll, validate_compute
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -98,7 +98,9 @@ def test_a_compute_becomes_a_statefulset_and_a_service_it_owns(kube_emulator: An
     assert created["involvedObject"]["uid"] == compute["metadata"]["uid"]
     ready = wait_condition(kube_emulator, "alpha", "Ready", "False", "StatefulSetNotReady")
     assert ready["message"] == "0/1 replicas ready"
-    status = get_compute(kube_emulator, "alpha")["status"]
+    stored = get_compute(kube_emulator, "alpha")
+    validate_compute(stored, load_crd_schema())  # the status the operator wrote is valid per the CRD
+    status = stored["status"]
     assert status["addresses"] == [{"type": "Hostname", "value": "alpha.default.svc.cluster.local"}]
     assert not get_compute(kube_emulator, "alpha")["metadata"].get("finalizers"), \
         "no finalizer: deleting a Compute never waits for the operator"

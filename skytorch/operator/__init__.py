@@ -48,7 +48,6 @@ def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.persistence.finalizer = "compute.skytorch.dev/operator"
     settings.watching.server_timeout = config.watch_server_timeout
     settings.networking.error_backoffs = (0.5, 1, 2, 5)
-    settings.execution.max_workers = 4
     return settings
 
 

@@ -23,6 +23,38 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TEST_SERVER_IMAGE = "registry.test/skytorch-server:operator-test"
+CRD_PATH = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "crds" / "compute.skytorch.dev_computes.yaml"
+
+
+def load_crd_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of the Compute CRD under deploy/."""
+    import yaml
+
+    (crd,) = [d for d in yaml.safe_load_all(CRD_PATH.read_text()) if d]
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def validate_compute(obj: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Validate a Compute as the API server would: the CRD's schema, then its two CEL name rules.
+
+    The CEL rules are a regex match and a size bound on ``metadata.name``; they are
+    read from the CRD and evaluated here (``jsonschema`` does not run CEL).
+    """
+    import re
+
+    import jsonschema
+
+    jsonschema.Draft4Validator(schema).validate(obj)
+    for rule in schema["x-kubernetes-validations"]:
+        name = obj["metadata"]["name"]
+        if m := re.fullmatch(r"self\.metadata\.name\.matches\('(.+)'\)", rule["rule"]):
+            ok = re.search(m.group(1), name) is not None
+        elif m := re.fullmatch(r"size\(self\.metadata\.name\) <= (\d+)", rule["rule"]):
+            ok = len(name) <= int(m.group(1))
+        else:
+            raise AssertionError(f"a CEL rule this helper does not know: {rule['rule']}")
+        if not ok:
+            raise jsonschema.ValidationError(rule["message"])
 
 
 class OperatorThread:
