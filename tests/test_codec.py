@@ -8,10 +8,12 @@ from grpclib.const import Status
 
 from skytorch.errors import UnsupportedTensorError
 from skytorch.transport._proto.skytorch.v1 import TensorChunk, TensorHeader
-from skytorch.transport._wire import decode_chunk, encode_chunk, encode_chunk_head
+from skytorch.transport._wire import decode_chunk, encode_chunk, encode_chunk_head, encode_header
 from skytorch.transport.codec import (
     DTYPES,
     ChunkError,
+    WireChunk,
+    WireHeader,
     TensorAssembler,
     check_sendable,
     iter_chunks,
@@ -97,13 +99,22 @@ def test_header_fields() -> None:
 def test_hand_encoding_matches_betterproto() -> None:
     header = TensorHeader(dtype="float32", shape=[2, 2], nbytes=16, metadata={"a": "b"})
     chunk = TensorChunk(tensor_id="id-1", chunk_index=3, header=header, data=b"\x01" * 16, last=True)
-    assert encode_chunk(chunk) == bytes(chunk)
+    # Same message as betterproto's (fields may come in another order, which protobuf allows).
+    assert TensorChunk().parse(encode_chunk(chunk)).to_dict() == chunk.to_dict()
     parsed = TensorChunk().parse(encode_chunk_head(chunk, 16) + b"\x01" * 16)
     assert parsed.to_dict() == chunk.to_dict()
     decoded = decode_chunk(bytes(chunk))
     assert (decoded.tensor_id, decoded.chunk_index, decoded.last, bytes(decoded.data)) == ("id-1", 3, True, b"\x01" * 16)
-    assert decoded.header.to_dict() == header.to_dict()
+    assert (decoded.header.dtype, decoded.header.shape, decoded.header.nbytes, decoded.header.metadata) == (
+        "float32", [2, 2], 16, {"a": "b"})
     assert decode_chunk(bytes(TensorChunk(tensor_id="y", chunk_index=1))).header is None
+    # Negative dimensions survive (the server must see them to reject them), and a WireChunk encodes the same.
+    odd = TensorHeader(dtype="int8", shape=[-1, 3], nbytes=0)
+    assert encode_header(odd) == bytes(odd)
+    assert decode_chunk(bytes(TensorChunk(tensor_id="n", header=odd, last=True))).header.shape == [-1, 3]
+    wire = WireChunk(tensor_id="id-1", chunk_index=3, data=memoryview(b"\x01" * 16), last=True,
+                     header=WireHeader(dtype="float32", shape=[2, 2], nbytes=16, metadata={"a": "b"}))
+    assert encode_chunk(wire) == encode_chunk(chunk)
 
 
 @pytest.mark.parametrize(

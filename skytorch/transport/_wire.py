@@ -37,29 +37,29 @@ from __future__ import annotations
 import binascii
 import logging
 import time
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import grpclib.client
 import grpclib.exceptions
 import grpclib.server
-
-from grpclib.client import Channel, Handler as _ClientHandler
+from grpclib.client import Channel
+from grpclib.client import Handler as _ClientHandler
 from grpclib.config import Configuration
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server
-from collections import deque
-
 from h2.connection import ConnectionInputs
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
-from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from h2.settings import SettingCodes
 from h2.stream import StreamInputs
 from hyperframe import frame as _hf
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 
-from skytorch.transport._proto.skytorch.v1 import TensorChunk, TensorHeader
-from skytorch.transport.codec import has_header
+from skytorch.transport._proto.skytorch.v1 import TensorChunk
+from skytorch.transport.codec import WireChunk, WireHeader, has_header
 
 logger = logging.getLogger(__name__)
 
@@ -105,27 +105,92 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def encode_chunk(chunk: TensorChunk) -> bytes:
-    """Protobuf-encode a TensorChunk; ``data`` may be any bytes-like (copied once, here)."""
-    parts: list[Any] = []
-    if chunk.tensor_id:
-        tid = chunk.tensor_id.encode()
-        parts += (b"\x0a", _varint(len(tid)), tid)
-    if chunk.chunk_index:
-        parts += (b"\x10", _varint(chunk.chunk_index))
-    header = chunk.header
-    if has_header(chunk):
-        hb = bytes(header)
-        parts += (b"\x1a", _varint(len(hb)), hb)
-    data = chunk.data
-    if len(data):
-        parts += (b"\x22", _varint(len(data) if not isinstance(data, memoryview) else data.nbytes), data)
-    if chunk.last:
-        parts.append(b"\x28\x01")
+def _zigzagless_int64(value: int) -> bytes:
+    # proto int64: negative values are their 64-bit two's complement as a varint.
+    return _varint(value & 0xFFFFFFFFFFFFFFFF)
+
+
+def encode_header(header: Any) -> bytes:
+    """Protobuf-encode a TensorHeader (a WireHeader or the generated class), as betterproto does."""
+    parts: list[bytes] = []
+    if header.dtype:
+        raw = header.dtype.encode()
+        parts += (b"\x0a", _varint(len(raw)), raw)
+    if header.shape:
+        packed = b"".join(_zigzagless_int64(int(dim)) for dim in header.shape)
+        parts += (b"\x12", _varint(len(packed)), packed)
+    if header.nbytes:
+        parts += (b"\x18", _varint(header.nbytes))
+    for key, value in header.metadata.items():
+        k, v = key.encode(), value.encode()
+        entry = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(v)) + v
+        parts += (b"\x22", _varint(len(entry)), entry)
     return b"".join(parts)
 
 
-def encode_chunk_head(chunk: TensorChunk, data_len: int) -> bytes:
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of a protobuf message; length-delimited values are memoryviews."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire_type == 2:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > end:
+                raise ValueError("truncated length-delimited field")
+            value = buf[pos:pos + length]
+            pos += length
+        elif wire_type == 1:
+            value, pos = bytes(buf[pos:pos + 8]), pos + 8
+        elif wire_type == 5:
+            value, pos = bytes(buf[pos:pos + 4]), pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire_type}")
+        if pos > end:
+            raise ValueError("truncated message")
+        yield number, wire_type, value
+
+
+def _int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def decode_header(raw: memoryview) -> WireHeader:
+    """Decode a TensorHeader (packed or unpacked shape, map entries) into a WireHeader."""
+    header = WireHeader()
+    for number, wire_type, value in _fields(raw):
+        if number == 1 and wire_type == 2:
+            header.dtype = bytes(value).decode()
+        elif number == 2 and wire_type == 2:
+            pos = 0
+            while pos < len(value):
+                dim, pos = _read_varint(value, pos)
+                header.shape.append(_int64(dim))
+        elif number == 2 and wire_type == 0:
+            header.shape.append(_int64(value))
+        elif number == 3 and wire_type == 0:
+            header.nbytes = value
+        elif number == 4 and wire_type == 2:
+            key = val = ""
+            for n, wt, v in _fields(value):
+                if n == 1 and wt == 2:
+                    key = bytes(v).decode()
+                elif n == 2 and wt == 2:
+                    val = bytes(v).decode()
+            header.metadata[key] = val
+    return header
+
+
+def encode_chunk(chunk: Any) -> bytes:
+    """Protobuf-encode a chunk (WireChunk or TensorChunk); ``data`` may be any bytes-like (copied once, here)."""
+    data = chunk.data
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    return b"".join([encode_chunk_head(chunk, size), data])
+
+
+def encode_chunk_head(chunk: Any, data_len: int) -> bytes:
     """Every field of a chunk but the data bytes: id, index, header, last, then data's tag and length.
 
     Protobuf parsers accept fields in any order, so ``last`` (5) goes before
@@ -138,7 +203,7 @@ def encode_chunk_head(chunk: TensorChunk, data_len: int) -> bytes:
     if chunk.chunk_index:
         parts += (b"\x10", _varint(chunk.chunk_index))
     if has_header(chunk):
-        hb = bytes(chunk.header)
+        hb = encode_header(chunk.header)
         parts += (b"\x1a", _varint(len(hb)), hb)
     if chunk.last:
         parts.append(b"\x28\x01")
@@ -147,48 +212,22 @@ def encode_chunk_head(chunk: TensorChunk, data_len: int) -> bytes:
     return b"".join(parts)
 
 
-def decode_chunk(raw: bytes | memoryview) -> TensorChunk:
-    """Decode a TensorChunk; ``data`` is a memoryview into ``raw`` (no copy). Unknown fields are skipped."""
-    buf = memoryview(raw)
-    pos = 0
-    end = len(buf)
-    tensor_id = ""
-    chunk_index = 0
-    header: TensorHeader | None = None
-    data: memoryview | bytes = b""
-    last = False
-    while pos < end:
-        key, pos = _read_varint(buf, pos)
-        number, wire_type = key >> 3, key & 7
+def decode_chunk(raw: bytes | memoryview) -> WireChunk:
+    """Decode a TensorChunk into a WireChunk; ``data`` is a memoryview into ``raw`` (no copy)."""
+    chunk = WireChunk()
+    for number, wire_type, value in _fields(memoryview(raw).cast("B")):
         if wire_type == 0:
-            value, pos = _read_varint(buf, pos)
             if number == 2:
-                chunk_index = value & 0xFFFFFFFF
+                chunk.chunk_index = value & 0xFFFFFFFF
             elif number == 5:
-                last = bool(value)
+                chunk.last = bool(value)
         elif wire_type == 2:
-            length, pos = _read_varint(buf, pos)
-            if pos + length > end:
-                raise ValueError("truncated length-delimited field")
-            field = buf[pos:pos + length]
-            pos += length
             if number == 1:
-                tensor_id = bytes(field).decode()
+                chunk.tensor_id = bytes(value).decode()
             elif number == 3:
-                header = TensorHeader().parse(bytes(field))
+                chunk.header = decode_header(value)
             elif number == 4:
-                data = field
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
-    if pos != end:
-        raise ValueError("truncated message")
-    chunk = TensorChunk(tensor_id=tensor_id, chunk_index=chunk_index, last=last)
-    chunk.header = header  # type: ignore[assignment]
-    chunk.data = data  # type: ignore[assignment]
+                chunk.data = value
     return chunk
 
 
@@ -198,7 +237,7 @@ class TensorCodec(ProtoCodec):
     def encode(self, message: Any, message_type: Any) -> bytes:
         """Encode ``message`` (a ``message_type``) to protobuf bytes."""
         if message_type is TensorChunk:
-            return encode_chunk(message)
+            return encode_chunk(message)  # a WireChunk or a generated TensorChunk
         return super().encode(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
@@ -367,7 +406,7 @@ def _fast_stream_ready(stream: Any) -> Any:
     return proto
 
 
-async def send_chunk(stream: Any, chunk: TensorChunk) -> None:
+async def send_chunk(stream: Any, chunk: WireChunk | TensorChunk) -> None:
     """Send one TensorChunk on a grpclib client or server stream without copying its data."""
     data = chunk.data
     size = len(data)

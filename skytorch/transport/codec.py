@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from grpclib.const import Status
@@ -58,7 +59,31 @@ if sys.byteorder != "little":  # pragma: no cover - no big-endian host runs torc
     raise ImportError("skytorch.transport needs a little-endian host (the wire format is little-endian)")
 
 
-def has_header(chunk: TensorChunk) -> bool:
+@dataclass(slots=True)
+class WireHeader:
+    """A TensorHeader as a plain object (the hot path avoids betterproto's per-attribute cost).
+
+    Same field names as the generated ``TensorHeader``; the codec accepts either.
+    """
+
+    dtype: str = ""
+    shape: list[int] = field(default_factory=list)
+    nbytes: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WireChunk:
+    """A TensorChunk as a plain object; ``data`` may be a memoryview. Same fields as ``TensorChunk``."""
+
+    tensor_id: str = ""
+    chunk_index: int = 0
+    header: WireHeader | None = None
+    data: Any = b""
+    last: bool = False
+
+
+def has_header(chunk: Any) -> bool:
     """Whether a chunk carries a header (betterproto gives unset message fields a default instance)."""
     h = chunk.header
     return h is not None and bool(h.dtype or h.shape or h.nbytes or h.metadata)
@@ -160,9 +185,9 @@ def to_wire_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().contiguous()
 
 
-def make_header(tensor: torch.Tensor, metadata: Mapping[str, str] | None = None) -> TensorHeader:
-    """The TensorHeader describing ``tensor`` (dtype name, shape, nbytes, metadata)."""
-    return TensorHeader(
+def make_header(tensor: torch.Tensor, metadata: Mapping[str, str] | None = None) -> WireHeader:
+    """The header describing ``tensor`` (dtype name, shape, nbytes, metadata)."""
+    return WireHeader(
         dtype=dtype_name(tensor.dtype),
         shape=list(tensor.shape),
         nbytes=tensor.numel() * tensor.element_size(),
@@ -180,8 +205,8 @@ def iter_chunks(
     tensor: torch.Tensor,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     metadata: Mapping[str, str] | None = None,
-) -> Iterator[TensorChunk]:
-    """Yield the TensorChunk messages of one tensor, ``data`` as slices of its memory.
+) -> Iterator[WireChunk]:
+    """Yield the TensorChunk messages (as :class:`WireChunk`) of one tensor, ``data`` as slices of its memory.
 
     The tensor must have passed :func:`check_sendable`. At least one chunk is
     always produced (a zero-element tensor is one chunk with empty data).
@@ -195,7 +220,7 @@ def iter_chunks(
     while True:
         end = min(offset + chunk_size, total)
         last = end >= total
-        yield TensorChunk(
+        yield WireChunk(
             tensor_id=tensor_id,
             chunk_index=index,
             header=header if index == 0 else None,
@@ -232,7 +257,7 @@ class Assembled:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def parse_header(tensor_id: str, header: TensorHeader, max_tensor_bytes: int | None) -> tuple[torch.dtype, list[int]]:
+def parse_header(tensor_id: str, header: WireHeader | TensorHeader, max_tensor_bytes: int | None) -> tuple[torch.dtype, list[int]]:
     """Validate a header; return ``(dtype, shape)`` or raise :class:`ChunkError`."""
     dtype = DTYPES.get(header.dtype)
     if dtype is None:
@@ -287,7 +312,7 @@ class TensorAssembler:
         """The id of the tensor being assembled, if any."""
         return self._pending.tensor_id if self._pending else None
 
-    def feed(self, chunk: TensorChunk) -> Assembled | None:
+    def feed(self, chunk: WireChunk | TensorChunk) -> Assembled | None:
         """Consume one chunk; return the finished tensor when this was its last chunk."""
         pending = self._pending
         tensor_id = chunk.tensor_id
