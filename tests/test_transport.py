@@ -123,6 +123,42 @@ async def test_async_iterator_forms_stream_lazily(tensor_client: TensorClient) -
     assert got == [(2, 2)] * 3
 
 
+async def test_stream_results_come_back_before_the_input_stream_ends(tensor_client: TensorClient) -> None:
+    # Each input is produced only after the previous result arrived: a server that
+    # waited for the end of the input stream (no pipelining) would hang here.
+    results: asyncio.Queue[torch.Tensor] = asyncio.Queue()
+
+    async def interactive():
+        value = torch.zeros(3)
+        for _ in range(5):
+            yield value + 1
+            value = await results.get()
+
+    async def consume() -> list[torch.Tensor]:
+        seen = []
+        async for result in tensor_client.iter_stream_tensors(interactive()):
+            seen.append(result)
+            await results.put(result)
+        return seen
+
+    seen = await asyncio.wait_for(consume(), timeout=60)
+    assert [float(t[0]) for t in seen] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_accelerator_tensors_are_copied_to_cpu_on_send(tensor_server_factory) -> None:
+    server = await tensor_server_factory(device="cuda")
+    async with TensorClient("127.0.0.1", server.port) as client:
+        gpu = torch.randn(64, 64, device="cuda")
+        reply = await client.send_tensors(gpu, ids=["g"])
+        assert server.service.store.get("g").device.type == "cuda"
+        back = await client.receive_tensors(parameters={"ids": "g"})
+        assert back[0].device.type == "cpu" and torch.equal(back[0], gpu.cpu())
+        echoed = await client.stream_tensors(gpu.t())
+        assert torch.equal(echoed[0], gpu.t().cpu())
+        assert reply.success
+
+
 async def test_stream_tensors_runs_the_handler_in_order(tensor_server_factory) -> None:
     server = await tensor_server_factory(handler=double)
     async with TensorClient("127.0.0.1", server.port) as client:

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -301,7 +301,7 @@ class TensorAssembler:
         self,
         *,
         max_tensor_bytes: int | None = None,
-        reserve: "callable | None" = None,  # type: ignore[valid-type]
+        reserve: Callable[[str, int], None] | None = None,
     ) -> None:
         self._max = max_tensor_bytes
         self._reserve = reserve
