@@ -13,6 +13,7 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from skytorch.backends.local import LocalBackend
 from skytorch.errors import BackendError
@@ -100,15 +101,34 @@ async def test_changed_env_restarts_the_server_with_the_new_settings(local_backe
     await watch.aclose()
 
 
-async def test_default_command_takes_args_as_extra_server_flags(local_backend: LocalBackend):
-    await local_backend.apply(manifest("flags", args=["--log-level", "DEBUG"]))
-    watch = local_backend.watch("flags")
-    await until(watch, lambda r: r is not None and r.is_ready)
-    await watch.aclose()
-    cmdline = psutil.Process(local_backend.pids()["flags"]).cmdline()
-    assert cmdline[1:3] == ["-m", "skytorch.server"]
-    assert cmdline[-2:] == ["--log-level", "DEBUG"]
-    assert "--ready-file" in cmdline and cmdline[cmdline.index("--port") + 1] == "0"
+@pytest.mark.parametrize("use_zygote, extra_env, forked", [
+    (True, {}, True),                         # forked from the warm fork server
+    (True, {"OMP_NUM_THREADS": "1"}, False),  # a start-up setting: spawned afresh so that it applies
+    (False, {}, False),                       # fork server turned off
+])
+async def test_default_command_takes_args_and_env(tmp_path, use_zygote, extra_env, forked):
+    """``args`` alone are extra flags of ``python -m skytorch.server``; ``env`` reaches the server."""
+    (tmp_path / "doubling.py").write_text("def double(tensor, metadata):\n    return tensor * 2\n")
+    backend = LocalBackend(stop_grace=5.0, use_zygote=use_zygote)
+    try:
+        await backend.apply(manifest("flags", args=["--handler", "doubling:double"],
+                                     env={"PYTHONPATH": str(tmp_path), **extra_env}))
+        watch = backend.watch("flags")
+        await until(watch, lambda r: r is not None and r.is_ready)
+        await watch.aclose()
+        async with TensorClient(*backend.endpoint("flags", 50051)) as client:
+            (out,) = await client.stream_tensors(torch.arange(4.0))
+        assert out.tolist() == [0.0, 2.0, 4.0, 6.0]  # the --handler flag and PYTHONPATH took effect
+        server = psutil.Process(backend.pids()["flags"])
+        if forked:
+            assert "skytorch.backends._local_zygote" in server.parent().cmdline()
+        else:
+            assert server.cmdline()[1:3] == ["-m", "skytorch.server"]
+            assert server.cmdline()[-2:] == ["--handler", "doubling:double"]
+            assert server.environ().get("OMP_NUM_THREADS") == extra_env.get("OMP_NUM_THREADS")
+    finally:
+        backend.shutdown()
+    assert server_children() == []
 
 
 async def test_suspend_stops_the_process_and_resume_starts_it_again(local_backend: LocalBackend):

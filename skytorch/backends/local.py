@@ -31,6 +31,7 @@ import atexit
 import concurrent.futures
 import ctypes
 import datetime as _dt
+import json
 import logging
 import os
 import queue
@@ -66,6 +67,13 @@ HOST_ENV = "SKYTORCH_HOST"
 PORT_ENV = "SKYTORCH_PORT"
 #: Set in every child to ``namespace/name`` of its Compute (how tests and tools recognise them).
 COMPUTE_ENV = "SKYTORCH_LOCAL_COMPUTE"
+
+#: ``0`` turns the fork server off (every server is then a fresh ``python -m skytorch.server``).
+ZYGOTE_ENV = "SKYTORCH_LOCAL_ZYGOTE"
+#: Environment variables read when torch or Python start: a server that sets one is not forked
+#: from the warm fork server (whose interpreter and torch already started) but spawned afresh.
+_STARTUP_ENV_PREFIXES = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "NVIDIA_", "PYTORCH_", "TORCH_",
+                         "LD_", "PYTHON", "MALLOC_", "HIP_", "ROCR_", "ZE_", "XPU_")
 
 #: How long a server may take to become ready before the Compute is marked Failed.
 DEFAULT_START_TIMEOUT = 120.0
@@ -249,8 +257,13 @@ class LocalBackend(Backend):
     terminal_failures = True
 
     def __init__(self, namespace: str = "default", *, python: str = sys.executable,
-                 start_timeout: float = DEFAULT_START_TIMEOUT, stop_grace: float = DEFAULT_STOP_GRACE) -> None:
+                 start_timeout: float = DEFAULT_START_TIMEOUT, stop_grace: float = DEFAULT_STOP_GRACE,
+                 use_zygote: bool | None = None) -> None:
         self.namespace = namespace
+        #: Fork default servers from a warm fork server (Linux; ``SKYTORCH_LOCAL_ZYGOTE=0`` turns it off).
+        self.use_zygote = (sys.platform.startswith("linux") and os.environ.get(ZYGOTE_ENV, "1") != "0"
+                           if use_zygote is None else use_zygote)
+        self._zygote_proc: _Zygote | None = None
         self.python = python
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
@@ -323,7 +336,8 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ processes
 
-    def _command(self, rec: _Record, ready_file: str) -> tuple[list[str], dict[str, str]]:
+    def _command(self, rec: _Record, ready_file: str) -> tuple[list[str], dict[str, str], list[str] | None]:
+        """``(argv, env, server_args)``; ``server_args`` is set when the default server command runs."""
         spec = rec.spec
         env = dict(os.environ)
         env.update({e["name"]: str(e.get("value", "")) for e in spec.get("env") or [] if "name" in e})
@@ -341,38 +355,57 @@ class LocalBackend(Backend):
         if command:
             if command[0] in ("python", "python3"):  # the image's python is this interpreter locally
                 command[0] = self.python
-            return command + args, env
-        base = [self.python, "-m", "skytorch.server", "--host", "127.0.0.1", "--port", "0",
-                "--ready-file", ready_file, "--grace-period", str(self.stop_grace)]
-        return base + args, env
+            return command + args, env, None
+        server_args = ["--host", "127.0.0.1", "--port", "0", "--ready-file", ready_file,
+                       "--grace-period", str(self.stop_grace), *args]
+        return [self.python, "-m", "skytorch.server", *server_args], env, server_args
 
-    def _start(self, rec: _Record) -> None:
-        """Start the server of ``rec`` (lock held); readiness is watched by a monitor thread."""
-        workdir = tempfile.mkdtemp(prefix=f"skytorch-local-{rec.name}-")
-        ready_file = os.path.join(workdir, "ready")
-        log_path = os.path.join(workdir, "server.log")
-        argv, env = self._command(rec, ready_file)
-        log_fh = open(log_path, "wb")
-        try:
-            proc = _spawner.popen(
+    def _spawn(self, argv: list[str], env: dict[str, str], server_args: list[str] | None, log_path: str) -> Any:
+        """Start one server (blocking: call it off the event loop); returns a Popen-like process."""
+        if server_args is not None and self.use_zygote and _zygote_safe(env):
+            return self._zygote().fork(server_args, env, log_path)
+        with open(log_path, "ab") as log_fh:
+            return _spawner.popen(
                 argv, env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
                 preexec_fn=_make_preexec(os.getpid()), start_new_session=True, close_fds=True,
             )
-        except OSError as exc:
+
+    def _zygote(self) -> "_Zygote":
+        with self._lock:
+            if self._zygote_proc is None or not self._zygote_proc.alive:
+                self._zygote_proc = _Zygote(self.python)
+            return self._zygote_proc
+
+    async def _start(self, rec: _Record) -> None:
+        """Start the server of ``rec`` off the event loop; a monitor thread then watches it."""
+        with self._lock:
+            workdir = tempfile.mkdtemp(prefix=f"skytorch-local-{rec.name}-")
+            ready_file = os.path.join(workdir, "ready")
+            log_path = os.path.join(workdir, "server.log")
+            argv, env, server_args = self._command(rec, ready_file)
+        try:
+            proc = await asyncio.to_thread(self._spawn, argv, env, server_args, log_path)
+        except (OSError, BackendError) as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            rec.failed = True
-            rec.set_condition(READY, "False", "Failed", f"cannot start {argv[0]!r}: {exc}")
-            self._emit(rec, "Failed", f"Cannot start the tensor server {argv!r}: {exc}", "Warning")
-            self._changed(rec)
+            with self._lock:
+                rec.failed = True
+                rec.set_condition(READY, "False", "Failed", f"cannot start {argv[0]!r}: {exc}")
+                self._emit(rec, "Failed", f"Cannot start the tensor server {argv!r}: {exc}", "Warning")
+                self._changed(rec)
             return
-        finally:
-            log_fh.close()
         server = _Server(proc=proc, workdir=workdir, ready_file=ready_file, log_path=log_path)
-        rec.server = server
-        rec.failed = False
-        rec.set_condition(READY, "False", "Starting", f"tensor server process {proc.pid} is starting")
-        self._emit(rec, "Started", f"Started tensor server process {proc.pid} on 127.0.0.1")
-        self._changed(rec)
+        with self._lock:
+            stale = (self._records.get(rec.name) is not rec or rec.deleting or rec.server is not None
+                     or bool(rec.spec.get("suspend")) or self._closed)
+            if not stale:
+                rec.server = server
+                rec.failed = False
+                rec.set_condition(READY, "False", "Starting", f"tensor server process {proc.pid} is starting")
+                self._emit(rec, "Started", f"Started tensor server process {proc.pid} on 127.0.0.1")
+                self._changed(rec)
+        if stale:  # deleted, suspended or started by someone else meanwhile
+            await asyncio.to_thread(self._terminate, server, 0)
+            return
         logger.info("Compute %s: started local tensor server (pid %d, log %s)", self._who(rec.name), proc.pid, log_path)
         threading.Thread(target=self._monitor, args=(rec.name, server), daemon=True,
                          name=f"skytorch-local-monitor-{rec.name}").start()
@@ -382,7 +415,7 @@ class LocalBackend(Backend):
         proc = server.proc
         deadline = time.monotonic() + self.start_timeout
         port: int | None = None
-        delay = 0.005
+        delay = 0.002
         while port is None and not server.stopping:
             if proc.poll() is not None:
                 break
@@ -399,7 +432,7 @@ class LocalBackend(Backend):
                 self._terminate(server, self.stop_grace)
                 return
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 1.5, 0.02)
         if port is not None and not server.stopping:
             serving = _health_check("127.0.0.1", port)
             with self._lock:
@@ -522,9 +555,9 @@ class LocalBackend(Backend):
                 self._changed(rec)
         if stop_reason is not None:
             await self._stop(rec, self.stop_grace, stop_reason)
+        if start and self._records.get(name) is rec and rec.server is None and not rec.spec.get("suspend"):
+            await self._start(rec)
         with self._lock:
-            if start and self._records.get(name) is rec and rec.server is None and not rec.spec.get("suspend"):
-                self._start(rec)
             current = self._records.get(name)
             if current is None:
                 raise BackendError(f"Compute {self._who(name)} was deleted while it was being applied")
@@ -643,6 +676,154 @@ class LocalBackend(Backend):
                 server.proc.kill()
                 server.proc.wait()
             shutil.rmtree(server.workdir, ignore_errors=True)
+        zygote, self._zygote_proc = self._zygote_proc, None
+        if zygote is not None:
+            zygote.close()
+
+
+def _zygote_safe(env: Mapping[str, str]) -> bool:
+    """Whether a server with ``env`` may be forked from the fork server (no start-up setting differs)."""
+    base = os.environ
+    for key in set(env) | set(base):
+        if key.startswith(_STARTUP_ENV_PREFIXES) and key != "PYTHONPATH" and env.get(key) != base.get(key):
+            return False
+    return True
+
+
+class _ZygoteChild:
+    """A server forked by the fork server: the part of ``subprocess.Popen`` the backend uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._exited = threading.Event()
+
+    def _set_exit(self, code: int) -> None:
+        self.returncode = code
+        self._exited.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class _Zygote:
+    """The fork server process (:mod:`skytorch.backends._local_zygote`) and the thread reading its answers."""
+
+    def __init__(self, python: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env[COMPUTE_ENV] = "fork-server"
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._log = tempfile.NamedTemporaryFile(prefix="skytorch-local-forkserver-", suffix=".log", delete=False)
+        self.proc = _spawner.popen(
+            [python, "-m", "skytorch.backends._local_zygote"], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._log, preexec_fn=_make_preexec(os.getpid()),
+            start_new_session=True, close_fds=True,
+        )
+        self._log.close()
+        self.alive = True
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._children: dict[int, _ZygoteChild] = {}
+        self._early_exits: dict[int, int] = {}
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True, name="skytorch-local-forkserver").start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            with self._lock:
+                if "ready" in message:
+                    self._ready.set()
+                elif "exit" in message:
+                    child = self._children.pop(message["exit"], None)
+                    if child is not None:
+                        child._set_exit(int(message["code"]))
+                    else:
+                        self._early_exits[message["exit"]] = int(message["code"])
+                elif "id" in message:
+                    fut = self._pending.pop(message["id"], None)
+                    if fut is not None:
+                        fut.set_result(message)
+        with self._lock:  # the fork server is gone, and its servers with it (PR_SET_PDEATHSIG)
+            self.alive = False
+            for child in self._children.values():
+                child._set_exit(-signal.SIGKILL)
+            self._children.clear()
+            for fut in self._pending.values():
+                fut.set_exception(BackendError("the local fork server exited"))
+            self._pending.clear()
+        self.proc.wait()
+
+    def fork(self, args: list[str], env: dict[str, str], log_path: str, timeout: float = 120.0) -> _ZygoteChild:
+        """Fork one server (blocking until the fork server answered)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if not self.alive:
+                raise BackendError("the local fork server exited")
+            self._next_id += 1
+            request_id = self._next_id
+            self._pending[request_id] = fut
+            line = json.dumps({"id": request_id, "args": args, "env": env, "log": log_path}) + "\n"
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(line.encode())
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError) as exc:
+                self._pending.pop(request_id, None)
+                raise BackendError(f"the local fork server is gone: {exc}") from None
+        try:
+            answer = fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise BackendError(f"the local fork server did not answer within {timeout:.0f}s") from None
+        if "error" in answer:
+            raise BackendError(f"the local fork server could not fork: {answer['error']}")
+        child = _ZygoteChild(int(answer["pid"]))
+        with self._lock:
+            if child.pid in self._early_exits:
+                child._set_exit(self._early_exits.pop(child.pid))
+            elif self.alive:
+                self._children[child.pid] = child
+            else:
+                child._set_exit(-signal.SIGKILL)
+        return child
+
+    def close(self, grace: float = 3.0) -> None:
+        """Close its stdin (it stops its servers and exits), then make sure it is gone."""
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            os.unlink(self._log.name)
+        except OSError:
+            pass
 
 
 def _health_check(host: str, port: int, timeout: float = 10.0) -> bool:

@@ -22,25 +22,35 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def server_children() -> list[psutil.Process]:
-    """Live child processes of this test process started by a local backend (marked by their environment)."""
+def server_children(*, include_fork_server: bool = False) -> list[psutil.Process]:
+    """Live processes this test process started through a local backend (marked by their environment).
+
+    The backend's fork server is left out unless ``include_fork_server``; the servers it forked are in.
+    """
+    me = os.getpid()
     out = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE and "SKYTORCH_LOCAL_COMPUTE" in proc.environ():
-                out.append(proc)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            marker = proc.environ().get("SKYTORCH_LOCAL_COMPUTE")
+            if marker is None:
+                continue
+            if marker == "fork-server" and proc.ppid() == me and not include_fork_server:
+                continue
+            out.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
 
 
 def assert_no_leaked_servers(timeout: float = 10.0) -> None:
-    """Fail if a tensor-server child of this process is still alive after ``timeout`` seconds."""
+    """Fail if a server (or fork server) started by this process is still alive after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    leaked = server_children()
+    leaked = server_children(include_fork_server=True)
     while leaked and time.monotonic() < deadline:
         time.sleep(0.05)
-        leaked = server_children()
+        leaked = server_children(include_fork_server=True)
     if leaked:
         for proc in leaked:
             try:
