@@ -15,7 +15,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from skytorch.errors import ServerUnavailableError, TensorRejectedError
-from skytorch.server import Settings, TensorServer, parse_settings
+from skytorch.server import parse_settings
 from skytorch.transport import TensorClient
 from skytorch.transport._proto.skytorch.v1 import SendTensorsResponse, TensorChunk, TensorHeader
 from skytorch.transport._wire import TunedChannel
