@@ -26,8 +26,8 @@ _CHILD_LABELS = {manifests.NAME_LABEL: manifests.SERVER_NAME, manifests.MANAGED_
 async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     """Log kopf in with the same ``kubernetes_asyncio`` configuration the reconciler uses."""
     config: Configuration = memo.client_config
-    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
-    if inspect.isawaitable(header):
+    header = config.get_api_key_with_prefix("BearerToken")  # where kubeconfig and in-cluster loaders put the token
+    if inspect.isawaitable(header):  # a coroutine in newer kubernetes_asyncio
         header = await header
     parts = header.split(" ", 1) if header else []
     scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])

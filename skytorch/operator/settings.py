@@ -45,8 +45,8 @@ class OperatorConfig:
     kubeconfig: str | None = None
     #: kopf's liveness endpoint (``http://host:port/path``), or ``None``.
     liveness_endpoint: str | None = None
-    #: kopf watch timeouts in seconds: the server-side one, and how long a silent stream is trusted.
-    watch_server_timeout: float | None = None
+    #: Server-side timeout of kopf's watch requests (seconds): a watch is renewed at least this often.
+    watch_server_timeout: float | None = 600
     #: Post Kubernetes Events on Computes.
     post_events: bool = True
     #: Name in the Events' ``reportingComponent``.
