@@ -174,6 +174,34 @@ def byte_view(tensor: torch.Tensor) -> memoryview:
     return memoryview(array).cast("B")
 
 
+_MADV_HUGEPAGE = 14
+_HUGEPAGE_MIN = 4 * MiB
+_libc: Any = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):  # pragma: no cover - a libc without madvise
+        _libc = None
+
+
+def advise_hugepages(tensor: torch.Tensor) -> None:
+    """Ask Linux to back a large, fresh CPU tensor with transparent huge pages.
+
+    Writing a received tensor into freshly allocated memory costs one page
+    fault per 4 KiB; with huge pages it is one per 2 MiB, which makes filling it
+    several times faster. A hint only: silently does nothing where unsupported.
+    """
+    nbytes = tensor.numel() * tensor.element_size()
+    if _libc is None or nbytes < _HUGEPAGE_MIN or tensor.device.type != "cpu":
+        return
+    address = tensor.data_ptr()
+    start = (address + 4095) & ~4095
+    end = (address + nbytes) & ~4095
+    if end > start:
+        _libc.madvise(start, end - start, _MADV_HUGEPAGE)
+
+
 def to_wire_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor as contiguous CPU memory: itself when it already is, else one copy."""
     if tensor.device.type != "cpu":
@@ -332,6 +360,7 @@ class TensorAssembler:
             if self._reserve is not None:
                 self._reserve(tensor_id, header.nbytes)
             tensor = torch.empty(shape, dtype=dtype)
+            advise_hugepages(tensor)
             pending = _Pending(
                 tensor_id=tensor_id,
                 tensor=tensor,
