@@ -26,28 +26,21 @@ UPSTREAM_CHUNK = 1 * MiB
 
 
 def grpcio_stubs(out_dir: str):
-    """Generate grpcio stubs for proto/skytorch/v1/tensor.proto into out_dir; return (pb2, pb2_grpc)."""
+    """Generate grpcio stubs for proto/skytorch/v1/tensor.proto into out_dir; return (pb2, pb2_grpc).
+
+    Generated as top-level modules (tensor_pb2, tensor_pb2_grpc) so they never
+    shadow the skytorch package.
+    """
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={out_dir}",
-         f"--grpc_python_out={out_dir}", "skytorch/v1/tensor.proto"],
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto' / 'skytorch' / 'v1'}",
+         f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", "tensor.proto"],
         check=True,
     )
-    for folder in (pathlib.Path(out_dir) / "skytorch", pathlib.Path(out_dir) / "skytorch" / "v1"):
-        (folder / "__init__.py").touch()
     sys.path.insert(0, out_dir)
-    # The generated modules are named skytorch.v1.*: load them without shadowing our package.
-    saved = {k: v for k, v in sys.modules.items() if k == "skytorch" or k.startswith("skytorch.")}
-    for k in saved:
-        del sys.modules[k]
     try:
-        pb2 = importlib.import_module("skytorch.v1.tensor_pb2")
-        pb2_grpc = importlib.import_module("skytorch.v1.tensor_pb2_grpc")
+        return importlib.import_module("tensor_pb2"), importlib.import_module("tensor_pb2_grpc")
     finally:
-        for k in [k for k in sys.modules if k == "skytorch" or k.startswith("skytorch.")]:
-            sys.modules.pop(k)
-        sys.modules.update(saved)
         sys.path.remove(out_dir)
-    return pb2, pb2_grpc
 
 
 def _write_port(portfile: str, port: int) -> None:

@@ -68,6 +68,27 @@ def spawn(args: list[str], what: str):
                 proc.wait()
 
 
+class CpuMeter:
+    """CPU seconds (user + system) used by this process and a server process since start()."""
+
+    def __init__(self, server_pid: int) -> None:
+        import psutil
+
+        self.server = psutil.Process(server_pid)
+        self.start()
+
+    def _now(self) -> float:
+        server = self.server.cpu_times()
+        return time.process_time() + server.user + server.system
+
+    def start(self) -> None:
+        self.t0 = self._now()
+
+    def per_gb(self, nbytes: int) -> float:
+        """CPU seconds (client + server) per GB moved since start()."""
+        return (self._now() - self.t0) / (nbytes / 1e9)
+
+
 def best(times: list[float], nbytes: int) -> float:
     """GB/s of the median run (robust to the noisy shared machine)."""
     return nbytes / statistics.median(times) / 1e9
@@ -76,13 +97,16 @@ def best(times: list[float], nbytes: int) -> float:
 # ------------------------------------------------------------------ (a) raw socket
 
 def bench_raw(nbytes: int, repeat: int) -> dict[str, float]:
-    with spawn([str(ROOT / "benchmarks" / "_bench_servers.py"), "raw"], "raw") as (port, _):
+    with spawn([str(ROOT / "benchmarks" / "_bench_servers.py"), "raw"], "raw") as (port, proc):
+        cpu = CpuMeter(proc.pid)
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         payload = memoryview(bytearray(os.urandom(1024)) * (nbytes // 1024))
         into = memoryview(bytearray(nbytes))
         send, recv = [], []
-        for _ in range(repeat + 1):
+        for i in range(repeat + 1):
+            if i == 1:
+                cpu.start()
             t0 = time.perf_counter()
             sock.sendall(b"S" + struct.pack("<Q", nbytes))
             sock.sendall(payload)
@@ -93,9 +117,11 @@ def bench_raw(nbytes: int, repeat: int) -> dict[str, float]:
             t2 = time.perf_counter()
             send.append(t1 - t0)
             recv.append(t2 - t1)
+        cpu_per_gb = cpu.per_gb(repeat * 2 * nbytes)
         sock.close()
     return {"send": best(send[1:], nbytes), "receive": best(recv[1:], nbytes),
-            "stream": nbytes * 2 / statistics.median([a + b for a, b in zip(send[1:], recv[1:])]) / 1e9}
+            "stream": nbytes * 2 / statistics.median([a + b for a, b in zip(send[1:], recv[1:])]) / 1e9,
+            "cpu": cpu_per_gb}
 
 
 # ------------------------------------------------------------------ (b) upstream design
@@ -126,12 +152,15 @@ def bench_upstream(tensor: torch.Tensor, repeat: int) -> dict[str, float]:
                 parts = []
         return out
 
-    with spawn([str(ROOT / "benchmarks" / "_bench_servers.py"), "upstream"], "upstream") as (port, _):
+    with spawn([str(ROOT / "benchmarks" / "_bench_servers.py"), "upstream"], "upstream") as (port, proc):
+        cpu = CpuMeter(proc.pid)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
             ("grpc.max_receive_message_length", 64 * MiB), ("grpc.max_send_message_length", 64 * MiB)])
         stub = pb2_grpc.TensorServiceStub(channel)
         send, recv, stream = [], [], []
-        for _ in range(repeat + 1):
+        for i in range(repeat + 1):
+            if i == 1:
+                cpu.start()
             t0 = time.perf_counter()
             stub.SendTensors(chunks("t"))
             t1 = time.perf_counter()
@@ -143,9 +172,10 @@ def bench_upstream(tensor: torch.Tensor, repeat: int) -> dict[str, float]:
             send.append(t1 - t0)
             recv.append(t2 - t1)
             stream.append(t3 - t2)
+        cpu_per_gb = cpu.per_gb(repeat * 4 * nbytes)
         channel.close()
     return {"send": best(send[1:], nbytes), "receive": best(recv[1:], nbytes),
-            "stream": best(stream[1:], 2 * nbytes)}
+            "stream": best(stream[1:], 2 * nbytes), "cpu": cpu_per_gb}
 
 
 # ------------------------------------------------------------------ (c, d) ours
@@ -160,10 +190,12 @@ def bench_ours(tensor: torch.Tensor, repeat: int, latency_calls: int) -> tuple[d
 
     nbytes = tensor.numel() * tensor.element_size()
 
-    async def run(port: int):
+    async def run(port: int, cpu: CpuMeter):
         async with TensorClient("127.0.0.1", port) as client:
             send, recv, stream = [], [], []
-            for _ in range(repeat + 1):
+            for i in range(repeat + 1):
+                if i == 1:
+                    cpu.start()
                 t0 = time.perf_counter()
                 await client.send_tensors(tensor, ids=["t"])
                 t1 = time.perf_counter()
@@ -175,6 +207,7 @@ def bench_ours(tensor: torch.Tensor, repeat: int, latency_calls: int) -> tuple[d
                 send.append(t1 - t0)
                 recv.append(t2 - t1)
                 stream.append(t3 - t2)
+            cpu_per_gb = cpu.per_gb(repeat * 4 * nbytes)
             small = torch.randn(1024)  # 4 KiB
             lat = []
             for _ in range(50):
@@ -185,11 +218,11 @@ def bench_ours(tensor: torch.Tensor, repeat: int, latency_calls: int) -> tuple[d
                 lat.append(time.perf_counter() - t0)
             lat.sort()
         return ({"send": best(send[1:], nbytes), "receive": best(recv[1:], nbytes),
-                 "stream": best(stream[1:], 2 * nbytes)},
+                 "stream": best(stream[1:], 2 * nbytes), "cpu": cpu_per_gb},
                 {"p50_ms": lat[len(lat) // 2] * 1e3, "p99_ms": lat[int(len(lat) * 0.99)] * 1e3})
 
-    with ours_server() as (port, _):
-        return asyncio.run(run(port))
+    with ours_server() as (port, proc):
+        return asyncio.run(run(port, CpuMeter(proc.pid)))
 
 
 # ------------------------------------------------------------------ (e) peak RSS
@@ -263,6 +296,10 @@ def main() -> None:
             print(f"{name:36} {direction:10} {value:7.2f} {value / raw[direction]:7.2f} "
                   f"{value / upstream[direction]:11.2f}")
     print("(stream = echo: bytes both ways / round-trip time; raw 'stream' = send then receive)")
+    print("\nCPU seconds (client + server) per GB moved, all three calls together; unlike GB/s this")
+    print("hardly depends on how busy the machine is:")
+    for name, figures in rows:
+        print(f"    {name:36} {figures['cpu']:6.2f} s/GB")
     print(f"\n(d) 4 KiB stream_tensors round trip over {args.latency_calls} calls: "
           f"p50 {latency['p50_ms']:.3f} ms, p99 {latency['p99_ms']:.3f} ms")
     if not args.skip_rss:
