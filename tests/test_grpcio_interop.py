@@ -136,3 +136,17 @@ def test_pickle_payloads_are_plain_bytes_never_executed(stubs, grpcio_channel, t
     for name, blob in blobs.items():
         assert back[name][1] == blob and echoed[name][1] == blob
     assert not marker.exists()
+
+
+def test_malformed_messages_get_invalid_argument_and_the_server_serves_on(stubs, grpcio_channel) -> None:
+    pb2, pb2_grpc = stubs
+    raw_send = grpcio_channel.stream_unary("/skytorch.v1.TensorService/SendTensors",
+                                           request_serializer=lambda raw: raw,
+                                           response_deserializer=pb2.SendTensorsResponse.FromString)
+    for garbage in (b"\x0a\xff\xff\xff", b"\x0a\x02\xff\xfe", b"\x07"):  # truncated, bad UTF-8 id, bad wire type
+        with pytest.raises(grpc.RpcError) as info:
+            raw_send(iter([garbage]), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed TensorChunk" in info.value.details()
+    stub = pb2_grpc.TensorServiceStub(grpcio_channel)
+    assert stub.SendTensors(float_chunks(pb2, "ok", [1.0, 2.0], [2]), timeout=30).success
