@@ -5,7 +5,8 @@ kubeconfig) -> the real operator (kopf) reconciles it on the API emulator -> a
 test helper playing the kubelet runs the StatefulSet's pod as a local
 ``python -m skytorch.server`` and marks it ready -> ``ready()`` returns ->
 tensors stream through the ``host``/``port`` override (as the seed's
-port-forward example) -> ``delete()`` -> the helper stops the server.
+port-forward example) -> ``suspend()``/``resume()`` stop and restart the server
+-> ``delete()`` -> the helper stops the server.
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ async def test_client_operator_and_server_end_to_end(kube_emulator: Any, skytorc
         inputs = [torch.randn(64, 64), torch.arange(12, dtype=torch.int64).reshape(3, 4)]
         outputs = await compute.stream_tensors(*inputs)
         assert all(torch.equal(a, b) for a, b in zip(inputs, outputs))
+
+        # Suspend: the operator scales to zero and the kubelet stops the server; resume brings a new one.
+        await compute.suspend()
+        poll(lambda: server.poll() is not None, what="the server stopped on suspend")
+        poll(lambda: any(c["type"] == "Suspended" and c["status"] == "True" for c in
+                         kube_emulator.get(API_VERSION, KIND, NAME, "default")["status"]["conditions"]),
+             what="Suspended=True")
+        await compute.resume(timeout=120)
+        suspended = next(c for c in kube_emulator.get(API_VERSION, KIND, NAME, "default")["status"]["conditions"]
+                         if c["type"] == "Suspended")
+        assert (suspended["status"], suspended["reason"]) == ("False", "Resumed")
+        server = helper.servers[NAME]
+        again = await compute.stream_tensors(torch.ones(3, 3))
+        assert torch.equal(again[0], torch.ones(3, 3))
     finally:
         await compute.delete(grace_period_seconds=0)
 
@@ -81,4 +96,5 @@ async def test_client_operator_and_server_end_to_end(kube_emulator: Any, skytorc
     poll(lambda: kube_emulator.get("v1", "Service", NAME, "default") is None, what="the Service collected")
     poll(lambda: server.poll() is not None, what="the kubelet to stop the server")
     reasons = [getattr(e, "reason", None) for e in events]
-    assert "Created" in reasons and "Ready" in reasons, f"the client saw the operator's events: {reasons}"
+    for reason in ("Created", "Ready", "Suspended", "Resumed"):
+        assert reason in reasons, f"the client saw the operator's events: {reasons}"

@@ -233,6 +233,15 @@ def test_ready_follows_the_statefulset(crd_schema: dict[str, Any]) -> None:
         assert st["addresses"] == [{"type": "Hostname", "value": "h"}]
 
 
+def test_a_ready_count_from_an_older_generation_is_not_trusted() -> None:
+    stale = {"metadata": {"generation": 4}, "spec": {"replicas": 1},
+             "status": {"readyReplicas": 1, "replicas": 1, "observedGeneration": 3}}
+    ready = status.ready_condition(stale)
+    assert (ready.status, ready.reason) == ("False", "StatefulSetNotReady")
+    stale["status"]["observedGeneration"] = 4
+    assert status.ready_condition(stale).status == "True"
+
+
 def test_transition_time_is_kept_while_status_is_unchanged() -> None:
     obj = compute()
     first = status.desired_status(obj, sts_with(1, 0), failure=None, hostname="h", now="2024-01-01T00:00:00Z")

@@ -40,14 +40,27 @@ class Transition:
 
 
 def ready_condition(statefulset: Mapping[str, Any] | None, failure: Failure | None = None) -> Condition:
-    """``Ready`` from the StatefulSet's ready replicas (or the failure that stopped it)."""
+    """``Ready`` from the StatefulSet's ready replicas (or the failure that stopped it).
+
+    Ready replicas count only once the StatefulSet controller has observed the
+    StatefulSet's current generation: right after a resume, a stale count from
+    before the suspend must not make the Compute ready.
+    """
     if failure is not None:
         return Condition(type=READY, status="False", reason=failure.reason, message=failure.message)
     if statefulset is None:
         return Condition(type=READY, status="False", reason=STATEFULSET_NOT_AVAILABLE,
                          message="StatefulSet is not available")
     replicas = int((statefulset.get("spec") or {}).get("replicas") or 0)
-    ready = int((statefulset.get("status") or {}).get("readyReplicas") or 0)
+    sts_status = statefulset.get("status") or {}
+    ready = int(sts_status.get("readyReplicas") or 0)
+    generation = (statefulset.get("metadata") or {}).get("generation")
+    observed = sts_status.get("observedGeneration")
+    if generation is not None and observed is not None and observed < generation:
+        # The ready count is from before the last change (e.g. a resume): not to be trusted yet.
+        return Condition(type=READY, status="False", reason=STATEFULSET_NOT_READY,
+                         message=f"{ready}/{replicas} replicas ready (StatefulSet generation {generation} "
+                                 "not yet rolled out)")
     if replicas > 0 and ready >= replicas:
         return Condition(type=READY, status="True", reason=STATEFULSET_READY,
                          message=f"{ready}/{replicas} replicas ready")

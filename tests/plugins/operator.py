@@ -207,9 +207,9 @@ class FakeKubelet:
                 logger.info("fake kubelet: stopping the server of %s (StatefulSet %s, exit code %s)", name,
                             "gone" if sts is None else f"replicas {sts['spec'].get('replicas')}",
                             self.servers[name].poll())
-                self._stop_server(name)
-                if sts is not None:
+                if sts is not None:  # as a kubelet: the pod stops being ready, then its container stops
                     self._report(sts, ready=0)
+                self._stop_server(name)
         for name, sts in wanted.items():
             if sts["spec"].get("replicas") and name not in self.servers:
                 self._start_server(sts)
