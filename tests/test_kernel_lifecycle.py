@@ -119,6 +119,13 @@ def test_gc_from_a_new_kernel_deletes_what_a_sigkilled_kernel_left(
 
     fresh = kernel_factory(**kube_kernel_env)
     fresh.execute("%load_ext skytorch\n%skytorch up nbk-alive --wait")
+    # the namespace-wide dashboard lists the dead kernel's Computes next to this kernel's own
+    fresh.execute("import skytorch.notebook\nwhole = skytorch.notebook.dashboard(all=True)\n"
+                  "mine = skytorch.notebook.dashboard()")
+    whole = ast.literal_eval(fresh.execute("sorted(whole.rows)").value())
+    assert {"nbk-alive", "nbk-orphan-1", "nbk-orphan-2", "nbk-orphan-kept"} <= set(whole)
+    assert ast.literal_eval(fresh.execute("sorted(mine.rows)").value()) == ["nbk-alive"]
+    assert "another kernel" in fresh.execute("whole.rows['nbk-orphan-1'].cells[4].value").value()
     dry = fresh.execute("%skytorch gc --dry-run")
     assert "Would delete Compute nbk-orphan-1" in dry.stdout and "nbk-alive" not in dry.stdout
     assert not _deletes(kube_emulator, "nbk-orphan-1")

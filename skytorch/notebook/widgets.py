@@ -414,7 +414,7 @@ def _resource_state(resource: "ComputeResource") -> str:
 class _Row(widgets.HBox):
     """One line of the dashboard: a Compute of this kernel, or a listed resource (``all=True``)."""
 
-    CELL_WIDTHS = ("170px", "100px", "170px", "150px", "330px")
+    CELL_WIDTHS = ("150px", "100px", "170px", "150px", "300px")
 
     def __init__(self, dashboard: "ClusterDashboard", compute: "Compute | None" = None,
                  resource: "ComputeResource | None" = None) -> None:
@@ -424,11 +424,11 @@ class _Row(widgets.HBox):
         self.name = compute.name if compute is not None else resource.metadata.name  # type: ignore[union-attr]
         self.cells = [widgets.HTML(layout=widgets.Layout(width=w)) for w in self.CELL_WIDTHS]
         self.suspend_button = widgets.Button(description="Suspend", tooltip=f"Suspend {self.name}",
-                                             layout=widgets.Layout(width="80px"))
+                                             layout=widgets.Layout(width="90px"))
         self.resume_button = widgets.Button(description="Resume", tooltip=f"Resume {self.name}",
-                                            layout=widgets.Layout(width="80px"))
+                                            layout=widgets.Layout(width="90px"))
         self.delete_button = widgets.Button(description="Delete", button_style="danger",
-                                            tooltip=f"Delete {self.name}", layout=widgets.Layout(width="80px"))
+                                            tooltip=f"Delete {self.name}", layout=widgets.Layout(width="90px"))
         self.suspend_button.on_click(lambda _b: self.act("suspend"))
         self.resume_button.on_click(lambda _b: self.act("resume"))
         self.delete_button.on_click(lambda _b: self.act("delete"))

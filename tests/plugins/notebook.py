@@ -209,8 +209,11 @@ class JupyterLabServer:
         self._log = open(log, "wb")
         settings = root.parent / "lab-settings"
         settings.mkdir(exist_ok=True)
-        # no news or update checks: nothing outside loopback
-        (settings / "@jupyterlab").mkdir(exist_ok=True)
+        # no news or update checks (nothing outside loopback), no toast over the screenshot
+        notification = settings / "@jupyterlab" / "apputils-extension"
+        notification.mkdir(parents=True, exist_ok=True)
+        (notification / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True}))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
              f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",
@@ -290,3 +293,21 @@ def copy_notebook(name: str, dest: pathlib.Path) -> pathlib.Path:
     target = dest / name
     shutil.copy(NOTEBOOKS / name, target)
     return target
+
+
+#: Files (screenshots) the tests saved for people to look at; printed at the end of the run.
+SAVED_ARTIFACTS: list[pathlib.Path] = []
+
+
+def save_artifact_path(path: pathlib.Path) -> None:
+    """Remember an artifact so that the test run prints its path."""
+    SAVED_ARTIFACTS.append(path)
+    print(f"artifact: {path}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the paths of the artifacts the tests saved."""
+    if SAVED_ARTIFACTS:
+        terminalreporter.section("SkyTorch artifacts")
+        for path in SAVED_ARTIFACTS:
+            terminalreporter.write_line(str(path))
