@@ -299,7 +299,7 @@ class LocalBackend(Backend):
 
     def _emit(self, rec: _Record, reason: str, message: str, type_: str = "Normal") -> None:
         """Synthesise a ``CoreV1Event`` about ``rec`` and hand it to every event stream (lock held)."""
-        from kubernetes_asyncio.client.models import CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
+        CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference = _event_models()
 
         now = _dt.datetime.now(_dt.timezone.utc)
         event = CoreV1Event(
@@ -500,6 +500,8 @@ class LocalBackend(Backend):
         """Create or update a Compute: start, restart, stop or resume its server as the spec says."""
         if self._closed:
             raise BackendError("the local backend was shut down")
+        if _EVENT_MODELS is None:  # a second-long import: not on the event loop
+            await asyncio.to_thread(_event_models)
         metadata = manifest.get("metadata") or {}
         name = metadata.get("name")
         if not name:
@@ -679,6 +681,19 @@ class LocalBackend(Backend):
         zygote, self._zygote_proc = self._zygote_proc, None
         if zygote is not None:
             zygote.close()
+
+
+_EVENT_MODELS: tuple[Any, ...] | None = None
+
+
+def _event_models() -> tuple[Any, ...]:
+    """``kubernetes_asyncio``'s Event model classes (imported once; the import takes about a second)."""
+    global _EVENT_MODELS
+    if _EVENT_MODELS is None:
+        from kubernetes_asyncio.client.models import CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
+
+        _EVENT_MODELS = (CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference)
+    return _EVENT_MODELS
 
 
 def _zygote_safe(env: Mapping[str, str]) -> bool:
