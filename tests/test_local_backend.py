@@ -256,3 +256,25 @@ def test_children_die_with_a_parent_killed_by_sigkill(tmp_path, repo_env):
             except psutil.NoSuchProcess:
                 pass
     assert server_children() == []
+
+
+async def test_a_broken_fork_server_explains_itself(tmp_path, monkeypatch):
+    """If the fork server cannot even start (say a dependency is missing), the Compute says why."""
+    broken = tmp_path / "grpclib"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('grpclib is broken in this environment')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    backend = LocalBackend(stop_grace=5.0, use_zygote=True)
+    try:
+        await backend.apply(manifest("unlucky"))
+        watch = backend.watch("unlucky")
+        failed = await until(watch, lambda r: r is not None and r.condition("Ready").reason == "Failed")
+        await watch.aclose()
+        message = failed.condition("Ready").message
+        assert "fork server exited with code 1" in message
+        assert "grpclib is broken in this environment" in message
+        (warning,) = [e for e in backend._events["unlucky"] if e.type == "Warning"]
+        assert warning.reason == "Failed" and "grpclib is broken in this environment" in warning.message
+    finally:
+        backend.shutdown()
+    assert server_children() == []

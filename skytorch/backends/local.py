@@ -752,6 +752,7 @@ class _Zygote:
         )
         self._log.close()
         self.alive = True
+        self.failure = ""
         self._lock = threading.Lock()
         self._next_id = 0
         self._pending: dict[int, concurrent.futures.Future] = {}
@@ -780,22 +781,34 @@ class _Zygote:
                     fut = self._pending.pop(message["id"], None)
                     if fut is not None:
                         fut.set_result(message)
+        code = self.proc.wait()
         with self._lock:  # the fork server is gone, and its servers with it (PR_SET_PDEATHSIG)
             self.alive = False
+            self.failure = f"the local fork server exited with code {code}" + (
+                f"; last output:\n{tail}" if (tail := self.stderr_tail()) else "")
             for child in self._children.values():
                 child._set_exit(-signal.SIGKILL)
             self._children.clear()
             for fut in self._pending.values():
-                fut.set_exception(BackendError("the local fork server exited"))
+                fut.set_exception(BackendError(self.failure))
             self._pending.clear()
-        self.proc.wait()
+
+    def stderr_tail(self, limit: int = STDERR_TAIL_BYTES) -> str:
+        """The last ``limit`` bytes the fork server wrote to stderr."""
+        try:
+            with open(self._log.name, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - limit))
+                return fh.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
 
     def fork(self, args: list[str], env: dict[str, str], log_path: str, timeout: float = 120.0) -> _ZygoteChild:
         """Fork one server (blocking until the fork server answered)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if not self.alive:
-                raise BackendError("the local fork server exited")
+                raise BackendError(self.failure or "the local fork server exited")
             self._next_id += 1
             request_id = self._next_id
             self._pending[request_id] = fut
@@ -806,7 +819,7 @@ class _Zygote:
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError) as exc:
                 self._pending.pop(request_id, None)
-                raise BackendError(f"the local fork server is gone: {exc}") from None
+                raise BackendError(self.failure or f"the local fork server is gone: {exc}") from None
         try:
             answer = fut.result(timeout)
         except concurrent.futures.TimeoutError:
