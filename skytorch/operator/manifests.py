@@ -211,27 +211,19 @@ def statefulset(compute: Mapping[str, Any], config: OperatorConfig) -> dict[str,
             f"Compute {where}: spec.override.initContainers names {init_overrides[0]['name']!r}, but a "
             "Compute's pod has no init containers", compute=where, reason="InvalidOverride")
 
-    node_selector = check.string_map("spec.override.nodeSelector", override.get("nodeSelector"))
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    tolerations = check.list_of_mappings("spec.override.tolerations", override.get("tolerations"))
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    affinity = check.mapping("spec.override.affinity", override.get("affinity"))
-    if affinity:
-        pod_spec["affinity"] = affinity
+    pod_overrides = (("nodeSelector", check.string_map), ("tolerations", check.list_of_mappings),
+                     ("affinity", check.mapping), ("imagePullSecrets", check.named_list),
+                     ("schedulingGates", check.named_list))
+    for field, checked in pod_overrides:
+        value = checked(f"spec.override.{field}", override.get(field))
+        if value:
+            pod_spec[field] = value
     account = override.get("serviceAccountName")
     if account is not None:
         if not isinstance(account, str) or not _DNS_SUBDOMAIN_RE.match(account):
             raise InvalidComputeSpec(f"Compute {where}: spec.override.serviceAccountName {account!r} is not a "
                                      "valid ServiceAccount name", compute=where, reason="InvalidOverride")
         pod_spec["serviceAccountName"] = account
-    pull_secrets = check.named_list("spec.override.imagePullSecrets", override.get("imagePullSecrets"))
-    if pull_secrets:
-        pod_spec["imagePullSecrets"] = pull_secrets
-    gates = check.named_list("spec.override.schedulingGates", override.get("schedulingGates"))
-    if gates:
-        pod_spec["schedulingGates"] = gates
 
     template_meta: dict[str, Any] = {"labels": labels}
     if annotations:
@@ -268,11 +260,13 @@ class _Checker:
         self.where = where
 
     def fail(self, field: str, problem: str, reason: str = "InvalidSpec") -> InvalidComputeSpec:
+        """The error for ``field`` (an override field gets reason InvalidOverride)."""
         if field.startswith("spec.override"):
             reason = "InvalidOverride"
         return InvalidComputeSpec(f"Compute {self.where}: {field} {problem}", compute=self.where, reason=reason)
 
     def mapping(self, field: str, value: object) -> dict[str, Any]:
+        """``value`` as a dict (``{}`` if unset); it must be an object."""
         if value is None:
             return {}
         if not isinstance(value, Mapping):
@@ -280,6 +274,7 @@ class _Checker:
         return dict(value)
 
     def string_map(self, field: str, value: object) -> dict[str, str]:
+        """An object whose values are all strings."""
         mapping = self.mapping(field, value)
         for key, item in mapping.items():
             if not isinstance(item, str):
@@ -287,6 +282,7 @@ class _Checker:
         return mapping
 
     def labels(self, field: str, value: object) -> dict[str, str]:
+        """Labels the API accepts on a pod: qualified-name keys, short label values."""
         mapping = self.string_map(field, value)
         for key, item in mapping.items():
             if len(key) > 316 or not _QUALIFIED_NAME_RE.match(key):
@@ -297,11 +293,13 @@ class _Checker:
         return mapping
 
     def string_list(self, field: str, value: object) -> list[str]:
+        """A list of strings."""
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(field, f"must be a list of strings, got {value!r}")
         return list(value)
 
     def list_of_mappings(self, field: str, value: object) -> list[dict[str, Any]]:
+        """A list of objects (``[]`` if unset)."""
         if value is None:
             return []
         if not isinstance(value, list):
@@ -312,6 +310,7 @@ class _Checker:
         return [dict(item) for item in value]
 
     def named_list(self, field: str, value: object) -> list[dict[str, Any]]:
+        """A list of objects with unique, non-empty ``name`` fields."""
         items = self.list_of_mappings(field, value)
         seen: set[str] = set()
         for i, item in enumerate(items):
@@ -324,6 +323,7 @@ class _Checker:
         return items
 
     def resources(self, field: str, value: object) -> dict[str, Any]:
+        """Resource quantities a container accepts: known or qualified names, valid, non-negative."""
         mapping = self.mapping(field, value)
         for key, quantity in mapping.items():
             standard = key in _STANDARD_RESOURCES or key.startswith("hugepages-")

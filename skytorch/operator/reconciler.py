@@ -67,8 +67,8 @@ class Reconciler:
                 return
             existed = await self._read_statefulset(*key) is not None
             try:
-                await self._apply_service(svc)
-                applied = await self._apply_statefulset(sts)
+                await self._apply(self._core.patch_namespaced_service, svc)
+                applied = await self._apply(self._apps.patch_namespaced_stateful_set, sts)
             except ApiException as exc:
                 if exc.status in _PERMANENT:
                     await self._fail(compute, Failure("ApplyFailed", f"Compute {where}: the API rejected its "
@@ -167,19 +167,12 @@ class Reconciler:
 
     # -- API calls ---------------------------------------------------------------------------
 
-    async def _apply_service(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _apply(self, patch: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply of ``body`` with ``patch`` (a ``patch_namespaced_*`` method), as the operator."""
         meta = body["metadata"]
-        response = await self._core.patch_namespaced_service(
-            meta["name"], meta["namespace"], body, field_manager=OPERATOR_FIELD_MANAGER, force=True,
-            _content_type="application/apply-patch+yaml", _preload_content=False)
-        return await _json(response)
-
-    async def _apply_statefulset(self, body: dict[str, Any]) -> dict[str, Any]:
-        meta = body["metadata"]
-        response = await self._apps.patch_namespaced_stateful_set(
-            meta["name"], meta["namespace"], body, field_manager=OPERATOR_FIELD_MANAGER, force=True,
-            _content_type="application/apply-patch+yaml", _preload_content=False)
-        return await _json(response)
+        return await _json(await patch(meta["name"], meta["namespace"], body, field_manager=OPERATOR_FIELD_MANAGER,
+                                       force=True, _content_type="application/apply-patch+yaml",
+                                       _preload_content=False))
 
     async def _read_statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
