@@ -12,7 +12,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup setup-test demo test bench browser-deps proto clean deploy-kind
+.PHONY: setup setup-test demo test bench browser-deps proto crd clean deploy-kind
 
 $(VENV)/.setup: pyproject.toml
 	@if [ ! -x $(PY) ]; then \
@@ -58,3 +58,14 @@ proto: setup-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info artifacts
+
+KIND_CLUSTER ?= kind
+# Build the server and operator images, load them into a kind cluster, install
+# CRD + RBAC + operator. Needs kind, kubectl and podman or docker; not run in CI.
+# TORCH_VARIANT=cu128 builds a CUDA server image.
+deploy-kind:
+	deploy/kind.sh $(KIND_CLUSTER)
+
+# Regenerate the CRD after editing deploy/crds/generate.py.
+crd: setup-test
+	$(PY) deploy/crds/generate.py > deploy/crds/compute.skytorch.dev_computes.yaml
