@@ -30,7 +30,8 @@ KERNEL_IDLE = """() => {
 def test_dashboard_in_jupyterlab_shows_3_of_3_ready_and_a_row_goes_on_delete(tmp_path):
     root = tmp_path / "root"
     copy_notebook("02-cluster-dashboard.ipynb", root)
-    shot = ARTIFACTS / "browser" / "02-cluster-dashboard.png"
+    shot = ARTIFACTS / "browser" / "02-cluster-dashboard-after-delete.png"
+    before = ARTIFACTS / "browser" / "02-cluster-dashboard-3-of-3-ready.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     with jupyterlab(root, kernel_env(tmp_path), tmp_path / "jupyterlab.log") as lab, launch_chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -46,6 +47,8 @@ def test_dashboard_in_jupyterlab_shows_3_of_3_ready_and_a_row_goes_on_delete(tmp
         assert page.locator(".jp-OutputArea .skytorch-row").count() == 6
         page.wait_for_function(KERNEL_IDLE)  # every cell ran (the last ones assert in the kernel)
 
+        page.locator(".skytorch-dashboard").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(before))
         rows = page.locator(".jp-OutputArea .skytorch-row-dash-2")
         assert rows.count() == 2
         rows.first.get_by_role("button", name="Delete").click()
@@ -58,5 +61,6 @@ def test_dashboard_in_jupyterlab_shows_3_of_3_ready_and_a_row_goes_on_delete(tmp
 
         page.locator(".skytorch-dashboard").first.scroll_into_view_if_needed()
         page.screenshot(path=str(shot), full_page=True)
+    save_artifact_path(before)
     save_artifact_path(shot)
     assert shot.stat().st_size > 10_000
