@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -106,17 +109,34 @@ async def test_apply_errors_are_reraised_by_every_later_call(local_client, monke
     assert compute.state == "Deleted"
 
 
-async def test_is_ready_works_inside_a_running_loop(local_client):
-    """As in a notebook cell: a sync call while the kernel's loop runs (through nest_asyncio)."""
-    compute = Compute("nested")
-    try:
-        assert compute.is_ready() in (False, True)
-        await compute.ready(timeout=90)
-        assert compute.is_ready() is True
-        await compute.suspend()
-        assert compute.is_ready() is False
-    finally:
-        await compute.delete(grace_period_seconds=5)
+def test_sync_calls_work_inside_a_running_loop(local_client, repo_env):
+    """As in a notebook cell: sync calls while the loop runs (through nest_asyncio, on that same loop).
+
+    In a child process, because nest_asyncio patches asyncio for the whole process.
+    """
+    code = textwrap.dedent("""
+        import asyncio
+        from skytorch.client import Cluster, Compute
+        from skytorch.client._sync import run_sync
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            compute = Compute("nested")
+            assert compute.is_ready() in (False, True)         # awaits the apply task on this very loop
+            await compute.ready(timeout=90)
+            assert compute.is_ready() is True
+            assert compute._watch_task.get_loop() is loop       # background watch on the caller's loop
+            assert Cluster(compute).is_ready() is True
+            run_sync(compute.suspend())                         # what a magic or widget button does
+            assert compute.state == "Suspended" and compute.is_ready() is False
+            await compute.delete(grace_period_seconds=5)
+            print("OK", compute.state)
+
+        asyncio.run(main())
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=repo_env, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK Deleted" in result.stdout
 
 
 async def test_ready_timeout_names_the_compute_and_its_conditions(local_client):

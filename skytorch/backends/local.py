@@ -866,7 +866,8 @@ def _health_check(host: str, port: int, timeout: float = 10.0) -> bool:
             await client.close()
 
     try:
-        return asyncio.run(_check())
+        with asyncio.Runner() as runner:  # not asyncio.run: nest_asyncio (notebooks) patches that one
+            return runner.run(_check())
     except Exception:
         logger.debug("Health check of %s:%d failed", host, port, exc_info=True)
         return False

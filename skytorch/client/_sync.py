@@ -39,6 +39,17 @@ async def _close_loop_resources() -> None:
             logger.warning("Closing per-loop resources with %r failed", closer, exc_info=True)
 
 
+def run_fresh(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a new event loop of this thread and close that loop (like ``asyncio.run``).
+
+    Unlike ``asyncio.run`` this stays right after ``nest_asyncio`` patched asyncio
+    in this process (it replaces ``asyncio.run`` with a version that reuses the
+    thread's loop and never closes it), so threads may call it in a notebook kernel too.
+    """
+    with asyncio.Runner() as runner:
+        return runner.run(coro)
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code and return its result (or raise its error)."""
     try:
@@ -53,7 +64,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
             finally:
                 await _close_loop_resources()
 
-        return asyncio.run(_main())
+        return run_fresh(_main())
 
     import nest_asyncio  # named in the design: re-entrant run_until_complete on the running loop
 
