@@ -139,3 +139,16 @@ def test_gc_from_a_new_kernel_deletes_what_a_sigkilled_kernel_left(
     assert fresh.execute("nbk_alive.state").value() == "'Ready'"
     again = fresh.execute("%skytorch gc")
     assert "No Computes left behind" in again.stdout
+
+
+def test_shutdown_of_a_busy_kernel_still_deletes_its_computes(
+        kube_emulator, fake_operator, kube_kernel_env, kernel_factory):
+    kernel = kernel_factory(**kube_kernel_env)
+    kernel.execute("from skytorch.client import Compute\nbusy = Compute('nbk-busy')\nawait busy.ready(timeout=60)")
+    # a cell that blocks the kernel's loop and shrugs off the interrupt Jupyter sends before shutting down
+    kernel.kc.execute("import time\nwhile True:\n    try:\n        time.sleep(100)\n"
+                      "    except KeyboardInterrupt:\n        pass")
+    time.sleep(1)
+    kernel.shutdown()
+    assert not _alive(kernel.pid)
+    assert _deletes(kube_emulator, "nbk-busy")

@@ -305,25 +305,43 @@ def _patch_shutdown(kernel: Any) -> None:
 
 
 async def _cleanup_at_shutdown() -> None:
-    """Delete this kernel's Computes, on the loop that owns them when it is free."""
+    """Delete this kernel's Computes, on the loop that owns them when it is free.
+
+    ``shutdown_request`` arrives on the kernel's control thread. The deletions
+    are handed to the kernel's main loop (which owns the Computes' tasks and
+    connections); if that loop is busy and does not pick them up within a
+    fraction of the budget, they run here instead.
+    """
     budget = shutdown_timeout()
+    deadline = asyncio.get_running_loop().time() + budget
     if not _registry.computes(include_kept=False):
         _state.cleaned = True
         return
     loop = _state.loop
     here = asyncio.get_running_loop()
-    if loop is not None and loop is not here and loop.is_running():
-        future = asyncio.run_coroutine_threadsafe(_registry.delete_all(timeout=budget * 0.9), loop)
-        try:
-            deleted = await asyncio.wait_for(asyncio.wrap_future(future), timeout=budget)
-            logger.info("Deleted at kernel shutdown: %s", ", ".join(deleted) or "nothing")
-            _state.cleaned = not _registry.computes(include_kept=False)
-            return
-        except (asyncio.TimeoutError, concurrent.futures.CancelledError):
-            future.cancel()
-            logger.warning("The kernel's loop is busy; deleting Computes from the shutdown thread")
-            budget = max(0.5, budget / 2)
-    deleted = await _registry.delete_all(timeout=budget)
+    if loop is not None and loop is not here and loop.is_running() and not loop.is_closed():
+        started = threading.Event()
+
+        async def on_main_loop() -> list[str]:
+            started.set()
+            return await _registry.delete_all(timeout=budget * 0.9)
+
+        future = asyncio.run_coroutine_threadsafe(on_main_loop(), loop)
+        pickup = min(0.5, budget / 4)
+        while not started.is_set() and here.time() < deadline - budget + pickup:
+            await asyncio.sleep(0.02)
+        if started.is_set():
+            try:
+                deleted = await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.1, deadline - here.time()))
+                logger.info("Deleted at kernel shutdown: %s", ", ".join(deleted) or "nothing")
+                _state.cleaned = not _registry.computes(include_kept=False)
+                return
+            except (asyncio.TimeoutError, concurrent.futures.CancelledError):
+                logger.warning("Deleting Computes at kernel shutdown did not finish in %ss", budget)
+                return
+        future.cancel()
+        logger.warning("The kernel's loop is busy; deleting Computes from the shutdown thread")
+    deleted = await _registry.delete_all(timeout=max(0.2, deadline - here.time()))
     logger.info("Deleted at kernel shutdown: %s", ", ".join(deleted) or "nothing")
     _state.cleaned = not _registry.computes(include_kept=False)
 

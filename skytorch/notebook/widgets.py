@@ -358,18 +358,11 @@ def compute_widget(compute: "Compute") -> ComputeWidget:
 
 
 def _start_watch(compute: "Compute") -> None:
-    for name in ("start_watching", "watch"):
-        method = getattr(compute, name, None)
-        if callable(method):
-            try:
-                result = method()
-                if asyncio.iscoroutine(result):
-                    from skytorch.client._sync import run_sync
-
-                    run_sync(result)
-            except Exception:
-                logger.debug("Could not start the watch of %s", compute.name, exc_info=True)
-            return
+    """Make sure the Compute's watch and event stream run on this loop (they push the widget's updates)."""
+    try:
+        compute.start_watching()
+    except Exception:
+        logger.debug("Could not start the watch of %s", compute.name, exc_info=True)
 
 
 def compute_mimebundle(compute: "Compute", *, widget: bool | None = None, **kwargs: Any) -> dict[str, Any]:
