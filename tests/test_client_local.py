@@ -320,3 +320,29 @@ async def test_subscribers_see_state_resource_event_and_transfer(local_client):
         assert seen == before
     finally:
         await compute.delete(grace_period_seconds=5)
+
+
+async def test_applying_the_same_compute_twice_is_harmless_and_a_change_restarts_it(local_client):
+    first = Compute("twice", env={"MODE": "a"})
+    await first.ready(timeout=90)
+    pid = local_pid("twice")
+    second = Compute("twice", env={"MODE": "a"})  # the same Compute again, e.g. a re-run notebook cell
+    await second.ready(timeout=90)
+    assert local_pid("twice") == pid and second.endpoint == first.endpoint
+    assert second.resource.metadata.generation == 1
+    third = Compute("twice", env={"MODE": "b"})   # a changed spec: the server restarts with it
+    await third.ready(timeout=90)
+    assert local_pid("twice") != pid and third.resource.metadata.generation == 2
+    assert third.resource.spec.env == [{"name": "MODE", "value": "b"}]
+    await third.delete(grace_period_seconds=5)
+
+
+async def test_ready_on_a_suspended_compute_says_to_resume(local_client):
+    compute = Compute("parked", suspend=True)
+    try:
+        with pytest.raises(ComputeError, match="parked is suspended: await compute.resume()"):
+            await compute.ready(timeout=60)
+        await compute.resume(timeout=90)
+        assert compute.state == "Ready"
+    finally:
+        await compute.delete(grace_period_seconds=5)

@@ -430,7 +430,12 @@ class Compute:
             self._state = state
             self._notify("state")
 
-    def _set_resource(self, res: ComputeResource | None) -> None:
+    def _set_resource(self, res: ComputeResource | None, *, if_newer: bool = False) -> None:
+        if if_newer and res is not None and self._resource is not None:
+            old, new = self._resource.metadata.resource_version, res.metadata.resource_version
+            if old and new and old.isdigit() and new.isdigit() and int(new) < int(old):
+                self._refresh_state()  # the watch already delivered a later version than this reply
+                return
         if res is not None:
             self._seen_resource = True
         self._resource = res
@@ -476,7 +481,7 @@ class Compute:
             self._refresh_state()
             raise
         self._applying = False
-        self._set_resource(resource)
+        self._set_resource(resource, if_newer=True)
 
     async def _ensure_applied(self) -> Backend:
         """Await the constructor's apply (re-raising its error); returns the backend."""
@@ -506,7 +511,7 @@ class Compute:
             resource = await backend.apply(self._manifest(backend.namespace))
         finally:
             self._applying = False
-        self._set_resource(resource)
+        self._set_resource(resource, if_newer=True)
 
     # ------------------------------------------------------------------ background watch and events
 
@@ -608,6 +613,9 @@ class Compute:
         when a local server failed.
         """
         backend = await self._ensure_applied()
+        if self._suspend:
+            raise ComputeNotReadyError(f"Compute {self._who()} is suspended: await compute.resume() to start it "
+                                       "and wait until it is ready", compute=self._who())
         self.start_watching()
         try:
             async with asyncio.timeout(timeout):
@@ -674,7 +682,7 @@ class Compute:
     async def _fetch_is_ready(self) -> bool:
         backend = await self._ensure_applied()
         resource = await backend.get(self._name)
-        self._set_resource(resource)
+        self._set_resource(resource, if_newer=True)
         return self._is_ready_resource(resource)
 
     async def suspend(self) -> None:
