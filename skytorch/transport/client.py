@@ -131,12 +131,21 @@ class TensorClient:
         return self._channel
 
     def _drop_channel(self) -> None:
-        channel, self._channel, self._loop = self._channel, None, None
-        if channel is not None:
-            try:
-                channel.close()
-            except RuntimeError:  # its loop is closed: the transport goes with it
-                pass
+        channel, loop = self._channel, self._loop
+        self._channel, self._loop = None, None
+        if channel is None:
+            return
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if loop is not None and loop is not current and loop.is_running() and not loop.is_closed():
+            loop.call_soon_threadsafe(channel.close)  # its loop runs in another thread: close it there
+            return
+        try:
+            channel.close()
+        except RuntimeError:  # its loop is closed: the transport goes with it
+            pass
 
     async def close(self) -> None:
         """Close the connection; further calls raise TransportError."""
