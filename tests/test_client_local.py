@@ -49,6 +49,12 @@ async def test_async_with_readies_streams_tensors_and_deletes(local_client):
 
         received = await compute.receive_tensors(count=2, parameters={"shape": "20,20"})
         assert [t.shape for t in received] == [torch.Size([20, 20])] * 2
+        progress = []
+        stored = await compute.send_tensors(torch.arange(5.0), ids=["five"],
+                                            progress=lambda done, total: progress.append((done, total)))
+        assert stored.tensor_ids == ["five"] and progress[-1] == (20, 20)
+        (back,) = await compute.receive_tensors(count=1, parameters={"ids": "five"})
+        assert back.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
 
         inputs = [torch.randn(10, 10), torch.randn(20, 20)]
         outputs = await compute.stream_tensors(*inputs)

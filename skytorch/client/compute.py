@@ -736,6 +736,11 @@ class Compute:
 
     # ------------------------------------------------------------------ tensors
 
+    @property
+    def tensor_client(self) -> Any:
+        """The :class:`~skytorch.transport.TensorClient` once ready (``None`` before), e.g. for its iterator forms."""
+        return self._tensor_client
+
     def _client_or_raise(self, what: str) -> Any:
         if self._tensor_client is None:
             raise ComputeNotReadyError(
@@ -768,11 +773,14 @@ class Compute:
             transfer.finished = time.monotonic()
             self._notify("transfer")
 
-    async def send_tensors(self, *tensors: Any, progress: Callable[[int, int], Any] | None = None) -> Any:
-        """Send tensors to the server (client streaming); returns its response (``.success``, ``.message``)."""
+    async def send_tensors(self, *tensors: Any, progress: Callable[[int, int], Any] | None = None,
+                           ids: Sequence[str] | None = None) -> Any:
+        """Send tensors to the server (client streaming); returns its response (``.success``, ``.message``,
+        ``.tensor_ids``). ``ids`` names them on the server; ``progress(bytes_done, bytes_total)`` is called as
+        bytes go out."""
         client = self._client_or_raise("send_tensors")
         try:
-            return await client.send_tensors(*tensors, progress=self._progress("send", progress))
+            return await client.send_tensors(*tensors, progress=self._progress("send", progress), ids=ids)
         finally:
             self._finish_transfer()
 
