@@ -55,7 +55,7 @@ class RequestRecord:
     @property
     def is_watch(self) -> bool:
         """Whether this was a watch request."""
-        return self._truthy(query.get("watch")) or "/watch/" in self.path
+        return _truthy(self.query.get("watch")) or "/watch/" in self.path
 
 
 @dataclass
@@ -369,7 +369,7 @@ class KubeEmulator:
         except StatusError:
             return f'forbidden: User "system:serviceaccount:default:default" cannot {verb} path "{request.path}"'
         if request.method == "GET" and target.name is None:
-            verb = "watch" if target.watch or request._truthy(query.get("watch")) else "list"
+            verb = "watch" if target.watch or _truthy(request.query.get("watch")) else "list"
         resource = target.rtype.plural + (f"/{target.subresource}" if target.subresource else "")
         what = f'{target.rtype.resource_name} "{target.name}"' if target.name else target.rtype.resource_name
         scope = f' in the namespace "{target.namespace}"' if target.namespace else " at the cluster scope"
