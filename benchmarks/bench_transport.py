@@ -296,8 +296,8 @@ def main() -> None:
             print(f"{name:36} {direction:10} {value:7.2f} {value / raw[direction]:7.2f} "
                   f"{value / upstream[direction]:11.2f}")
     print("(stream = echo: bytes both ways / round-trip time; raw 'stream' = send then receive)")
-    print("\nCPU seconds (client + server) per GB moved, all three calls together; unlike GB/s this")
-    print("hardly depends on how busy the machine is:")
+    print("\nCPU seconds (client + server) per GB moved, all three calls together (less sensitive")
+    print("than GB/s to other load on the machine):")
     for name, figures in rows:
         print(f"    {name:36} {figures['cpu']:6.2f} s/GB")
     print(f"\n(d) 4 KiB stream_tensors round trip over {args.latency_calls} calls: "
