@@ -346,6 +346,7 @@ class _TunedH2Protocol(H2Protocol):
     """grpclib's H2Protocol with a larger SETTINGS_MAX_FRAME_SIZE and the copy-free frame buffer."""
 
     def connection_made(self, transport: Any) -> None:
+        """Set up grpclib's connection, then our frame buffer, frame size and socket sizes."""
         super().connection_made(transport)
         h2 = self.connection._connection
         h2.incoming_buffer = _FastFrameBuffer(h2, server=not h2.config.client_side)

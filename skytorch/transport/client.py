@@ -69,6 +69,7 @@ class _Progress:
         self.total = total
 
     def add(self, nbytes: int) -> None:
+        """Count ``nbytes`` more done and report."""
         self.done += nbytes
         if self.callback is not None:
             self.callback(self.done, max(self.total, self.done))

@@ -224,6 +224,7 @@ class TensorService:
             held = 0
 
             def reserve(tensor_id: str, nbytes: int) -> None:
+                """Reserve store room for one incoming tensor of this call."""
                 nonlocal held
                 if not tensor_id:
                     raise ChunkError(Status.INVALID_ARGUMENT, "a tensor has an empty tensor_id; SendTensors stores by id")
