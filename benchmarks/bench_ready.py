@@ -57,6 +57,7 @@ def _line(label: str, runs: list[float]) -> float:
 
 
 async def bench_local(rounds: int) -> None:
+    """Time to ready of 1 vs 8 local Computes: cold and warm backend, and without the fork server."""
     print(f"Local backend: time until Cluster.ready() returns (median of {rounds}; {os.cpu_count()} CPUs here)")
     cold1 = [await _cold(1, f"cold1-{r}") for r in range(rounds)]
     cold8 = [await _cold(8, f"cold8-{r}") for r in range(rounds)]
@@ -84,8 +85,8 @@ async def bench_local(rounds: int) -> None:
     _config._reset_for_tests()
 
 
-async def _count_ready_requests(emulator, delay: float, name: str) -> list[str]:
-    """Requests made from constructing a Compute until its ready() returned (the fake operator waits ``delay``)."""
+async def _count_ready_requests(emulator, name: str) -> list[str]:
+    """Requests made from constructing a Compute until its ready() returned."""
     from skytorch.client import Compute
 
     before = len(emulator.requests)
@@ -97,6 +98,7 @@ async def _count_ready_requests(emulator, delay: float, name: str) -> list[str]:
 
 
 async def bench_emulator() -> None:
+    """API requests from constructing a Compute until ready() returns, for a short and a long wait."""
     try:
         from tests.emulator import FakeOperator, KubeEmulator
     except ImportError as exc:
@@ -114,7 +116,7 @@ async def bench_emulator() -> None:
             _config._reset_for_tests()
             operator = FakeOperator(emulator, ready_delay=delay).start()
             try:
-                made = await _count_ready_requests(emulator, delay, f"bench-{int(delay * 10)}")
+                made = await _count_ready_requests(emulator, f"bench-{int(delay * 10)}")
             finally:
                 operator.stop()
             counts[delay] = len(made)

@@ -90,6 +90,7 @@ def serve() -> int:
     buffer = b""
 
     def reap() -> None:
+        """Collect exited servers and report each exit to the backend."""
         while children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -104,7 +105,7 @@ def serve() -> int:
             except OSError:  # the backend is gone
                 pass
 
-    print(json.dumps({"ready": me}), file=out)
+    out.write(json.dumps({"ready": me}) + "\n")
     while True:
         for key, _ in sel.select():
             if key.fileobj == wake_r:

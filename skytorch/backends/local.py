@@ -208,6 +208,7 @@ class _Record:
     deleting: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The object as the API would return it."""
         metadata: dict[str, Any] = {
             "name": self.name,
             "namespace": self.namespace,
@@ -229,6 +230,7 @@ class _Record:
                 "spec": dict(self.spec), "status": status}
 
     def set_condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
+        """Set a condition, keeping ``lastTransitionTime`` when its status does not change."""
         old = self.conditions.get(type_)
         if old and old["status"] == status and old["reason"] == reason and old["message"] == message:
             return
@@ -718,14 +720,17 @@ class _ZygoteChild:
         self._exited.set()
 
     def poll(self) -> int | None:
+        """The exit code, or ``None`` while it runs."""
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        """Wait for the exit (``subprocess.TimeoutExpired`` after ``timeout``); return the exit code."""
         if not self._exited.wait(timeout):
             raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
         return self.returncode  # type: ignore[return-value]
 
     def send_signal(self, sig: int) -> None:
+        """Send ``sig`` unless it already exited."""
         if self.returncode is None:
             try:
                 os.kill(self.pid, sig)
@@ -733,6 +738,7 @@ class _ZygoteChild:
                 pass
 
     def kill(self) -> None:
+        """SIGKILL."""
         self.send_signal(signal.SIGKILL)
 
 
