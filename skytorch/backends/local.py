@@ -86,6 +86,16 @@ MAX_EVENTS = 200
 
 _PR_SET_PDEATHSIG = 1
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _child_pythonpath(current: str | None) -> str:
+    """``PYTHONPATH`` for a child: this skytorch first when it runs from a source checkout (not installed)."""
+    import site
+
+    installed = {os.path.realpath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if os.path.realpath(_PACKAGE_ROOT) in installed:
+        return current or ""
+    return os.pathsep.join(p for p in (_PACKAGE_ROOT, current) if p)
 _EVENT_SOURCE = "skytorch-local"
 
 
@@ -351,7 +361,7 @@ class LocalBackend(Backend):
             env[f"SKYTORCH_RESOURCE_{key.upper().replace('.', '_').replace('/', '_').replace('-', '_')}"] = str(value)
         env.setdefault("PYTHONUNBUFFERED", "1")
         # The child imports this very skytorch, also when it is not installed (a source checkout).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = _child_pythonpath(env.get("PYTHONPATH"))
         command = list(spec.get("command") or [])
         args = [str(a) for a in spec.get("args") or []]
         if command:
@@ -747,7 +757,7 @@ class _Zygote:
 
     def __init__(self, python: str) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = _child_pythonpath(env.get("PYTHONPATH"))
         env[COMPUTE_ENV] = "fork-server"
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = tempfile.NamedTemporaryFile(prefix="skytorch-local-forkserver-", suffix=".log", delete=False)
