@@ -352,3 +352,26 @@ async def test_ready_on_a_suspended_compute_says_to_resume(local_client):
         assert compute.state == "Ready"
     finally:
         await compute.delete(grace_period_seconds=5)
+
+
+def test_a_compute_made_in_one_event_loop_works_in_the_next(local_client):
+    holder = {}
+
+    async def first():
+        compute = Compute("mover")
+        holder["compute"] = await compute.ready(timeout=90)
+        return (await compute.receive_tensors(count=1, parameters={"shape": "2"}))[0].shape
+
+    async def second():
+        compute = holder["compute"]
+        (out,) = await compute.stream_tensors(torch.arange(3.0))  # the tensor client reconnects on this loop
+        await compute.suspend()                                   # the watch restarts on this loop
+        await compute.resume(timeout=90)
+        return out.tolist(), compute.state
+
+    try:
+        assert asyncio.run(first()) == torch.Size([2])
+        assert asyncio.run(second()) == ([0.0, 1.0, 2.0], "Ready")
+    finally:
+        run_sync(holder["compute"].delete(grace_period_seconds=5))
+    assert holder["compute"].state == "Deleted"
