@@ -179,8 +179,7 @@ def kernel_factory(tmp_path: pathlib.Path) -> Iterator[Any]:
         session.close()
 
 
-def run_notebook(path: pathlib.Path, env: dict[str, str], cwd: pathlib.Path, timeout: int = 300,
-                 python: str | None = None) -> Any:
+def run_notebook(path: pathlib.Path, env: dict[str, str], cwd: pathlib.Path, timeout: int = 300) -> Any:
     """Execute a notebook top to bottom with nbclient and a real kernel; any cell error raises."""
     import nbformat
     from nbclient import NotebookClient
@@ -188,9 +187,6 @@ def run_notebook(path: pathlib.Path, env: dict[str, str], cwd: pathlib.Path, tim
     nb = nbformat.read(str(path), as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(cwd)}})
-    if python is not None:
-        client.km = client.create_kernel_manager()
-        client.km.kernel_cmd = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     client.execute(env=env, cwd=str(cwd))
     return nb
 
