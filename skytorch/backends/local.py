@@ -276,6 +276,7 @@ class LocalBackend(Backend):
         self.use_zygote = (sys.platform.startswith("linux") and os.environ.get(ZYGOTE_ENV, "1") != "0"
                            if use_zygote is None else use_zygote)
         self._zygote_proc: _Zygote | None = None
+        self._prewarm = self.use_zygote  # start the fork server with the first apply, while it is busy elsewhere
         self.python = python
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
@@ -512,6 +513,9 @@ class LocalBackend(Backend):
         """Create or update a Compute: start, restart, stop or resume its server as the spec says."""
         if self._closed:
             raise BackendError("the local backend was shut down")
+        if self._prewarm:
+            self._prewarm = False
+            await asyncio.to_thread(self._zygote)  # its imports overlap with the one below
         if _EVENT_MODELS is None:  # a second-long import: not on the event loop
             await asyncio.to_thread(_event_models)
         metadata = manifest.get("metadata") or {}
