@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 
 import pytest
@@ -32,7 +33,7 @@ async def test_a_refused_apply_names_the_compute_and_is_reraised_by_later_calls(
         with pytest.raises(KubernetesApiError, match="team-x/refused"):
             await compute.suspend()
         with pytest.raises(KubernetesApiError, match="team-x/refused"):
-            compute.is_ready()
+            await asyncio.to_thread(compute.is_ready)  # (not on this loop: nest_asyncio would patch the session)
     finally:
         await (await current_backend()).close()
 

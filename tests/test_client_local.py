@@ -262,7 +262,8 @@ async def test_suspend_resume_and_delete_twice(local_client, caplog):
 async def test_cluster_readies_in_parallel_and_streams_to_all(local_client):
     async with Cluster(Compute("c-1"), Compute("c-2"), Compute("c-3")) as cluster:
         c1, c2, c3 = cluster
-        assert cluster.is_ready() is True
+        # sync API from a thread: calling it on this loop would patch asyncio (nest_asyncio) for the whole session
+        assert await asyncio.to_thread(cluster.is_ready) is True
         tensor = torch.randn(100, 100)
         responses = await asyncio.gather(*(c.send_tensors(tensor) for c in cluster))
         assert all(r.success for r in responses)
