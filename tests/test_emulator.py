@@ -404,3 +404,55 @@ async def test_emulator_runs_as_a_process(kube_emulator_process):
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the fake operator in the process never made the Compute ready")
+
+
+async def test_process_hooks_over_http(kube_emulator_process):
+    from kubernetes_asyncio import config
+
+    from tests.emulator import EmulatorControl
+
+    url, path = kube_emulator_process
+    control = EmulatorControl(url)
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(path), client_configuration=configuration)
+    async with client.ApiClient(configuration) as api:
+        control.fail_compute("hooked")
+        await apply(api, compute("hooked", image="a", suspend=False))
+
+        async def ready_condition():
+            for _ in range(200):
+                obj = await get(api, "hooked")
+                conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+                if "Ready" in conds:
+                    return conds["Ready"]
+                await asyncio.sleep(0.02)
+
+        assert (await ready_condition())["reason"] == "CrashLoopBackOff"
+        control.heal("hooked")
+        for _ in range(200):
+            if (await ready_condition())["status"] == "True":
+                break
+            await asyncio.sleep(0.05)
+        assert (await ready_condition())["status"] == "True"
+        control.fail("GET", "/computes/hooked$", 403, times=1)
+        with pytest.raises(ApiException) as info:
+            await get(api, "hooked")
+        assert info.value.status == 403
+        log = control.requests()
+        assert {"method": "GET", "status": 403} .items() <= log[-1].items()
+        assert log[0]["method"] == "PATCH" and log[0]["content_type"] == APPLY
+        control.clear_requests()
+        assert control.requests() == []
+        rv = (await get(api, "hooked"))["metadata"]["resourceVersion"]
+        await apply(api, compute("hooked", image="b", suspend=False))
+        control.compact()
+        with pytest.raises(ApiException) as info:
+            await watch_events(api, rv=rv, field_selector="metadata.name=hooked")
+        assert info.value.status == 410
+        pending = asyncio.ensure_future(watch_events(api, rv=str(control.compact()), timeout=30))
+        for _ in range(200):
+            if control.drop_watches() == 1:
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises((aiohttp.ClientError, ConnectionError)):
+            await asyncio.wait_for(pending, 10)

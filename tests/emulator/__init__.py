@@ -16,13 +16,14 @@ Quick use::
         ...
 """
 
+from tests.emulator.control import EmulatorControl
 from tests.emulator.errors import StatusError
 from tests.emulator.fake_operator import FakeOperator
 from tests.emulator.resources import ResourceType
 from tests.emulator.server import FailureRule, KubeEmulator, RequestRecord
 from tests.emulator.store import Store
 
-__all__ = ["FailureRule", "FakeOperator", "KubeEmulator", "RequestRecord", "ResourceType", "StatusError", "Store",
+__all__ = ["EmulatorControl", "FailureRule", "FakeOperator", "KubeEmulator", "RequestRecord", "ResourceType", "StatusError", "Store",
            "write_kubeconfig"]
 
 

@@ -17,6 +17,10 @@ from tests.emulator.fake_operator import FakeOperator
 from tests.emulator.server import KubeEmulator
 
 
+def _delay(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m tests.emulator", description=__doc__)
@@ -26,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", default="default", help="namespace of the kubeconfig's context")
     parser.add_argument("--token", default="emulator-token", help="bearer token clients must send ('' for none)")
     parser.add_argument("--fake-operator", action="store_true", help="also play the SkyTorch operator")
-    parser.add_argument("--ready-delay", type=float, default=0.2, help="fake operator: seconds to Ready=True")
+    parser.add_argument("--ready-delay", type=_delay, default=0.2,
+                        help="fake operator: seconds to Ready=True, or 'none' to wait for the operator/ready hook")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)

@@ -48,6 +48,7 @@ class FakeOperator:
         self._suspended: dict[Key, bool] = {}
         self._failing: dict[Key, tuple[str, str, str]] = {}
         self._rtype = emulator.store.find_type("compute.skytorch.dev", "v1alpha1", "computes")
+        emulator.operator = self
 
     # ------------------------------------------------------------ control
 
@@ -102,7 +103,7 @@ class FakeOperator:
         rv: str | None = None
         while True:
             try:
-                watcher, first, start = store.subscribe(self._rtype, None, lambda o: True, rv, loop)
+                watcher, first, start = store.subscribe(self._rtype, None, lambda o: True, rv, loop, internal=True)
             except StatusError:  # history compacted: start over from the current state
                 rv = None
                 continue

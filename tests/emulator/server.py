@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import pathlib
@@ -111,7 +112,8 @@ class KubeEmulator:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._lock = threading.Lock()
-        self._open_streams: set[web.StreamResponse] = set()
+        #: The fake operator playing against this emulator, if any (set by :class:`FakeOperator`).
+        self.operator: Any = None
 
     # --------------------------------------------------------------- running
 
@@ -135,7 +137,7 @@ class KubeEmulator:
 
     async def stop(self) -> None:
         """Close every watch and stop listening."""
-        self.store.drop_watches(abrupt=False)
+        self.store.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -251,9 +253,9 @@ class KubeEmulator:
         return self.store.drop_watches(abrupt=abrupt)
 
     def open_watches(self) -> int:
-        """How many watches are open now."""
+        """How many watch connections are open now (the fake operator's in-process watch is not counted)."""
         with self.store.lock:
-            return len(self.store.watchers)
+            return sum(1 for w in self.store.watchers if not w.internal)
 
     # --------------------------------------------------------------- object helpers
 
@@ -309,6 +311,11 @@ class KubeEmulator:
     # --------------------------------------------------------------- HTTP
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/_emulator/"):
+            try:
+                return await self._control(request)
+            except StatusError as exc:
+                return web.json_response(exc.body(), status=exc.code)
         query = dict(request.query)
         record = RequestRecord(request.method, request.path, query, request.headers.get("Content-Type"), None,
                                request.headers.get("User-Agent", ""))
@@ -330,6 +337,49 @@ class KubeEmulator:
             response = web.json_response(exc.body(), status=exc.code)
         record.status = response.status
         return response
+
+    async def _control(self, request: web.Request) -> web.Response:
+        """Test hooks over HTTP (``/_emulator/...``) for tests whose emulator runs in another process.
+
+        Not logged, not subject to failure rules. See :class:`tests.emulator.control.EmulatorControl`.
+        """
+        what = request.path[len("/_emulator/"):].strip("/")
+        body = await request.json() if request.body_exists else {}
+        if what == "requests" and request.method == "GET":
+            with self._lock:
+                records = [dataclasses.asdict(r) for r in self.requests]
+            return web.json_response(records)
+        if what == "requests" and request.method == "DELETE":
+            self.clear_requests()
+            return web.json_response({})
+        if what == "compact" and request.method == "POST":
+            return web.json_response({"resourceVersion": self.compact()})
+        if what == "drop-watches" and request.method == "POST":
+            return web.json_response({"dropped": self.drop_watches(abrupt=bool(body.get("abrupt", True)))})
+        if what == "failures" and request.method == "POST":
+            self.fail(body.get("method", "*"), body["path"], int(body.get("status", 403)),
+                      times=body.get("times"), message=body.get("message"))
+            return web.json_response({})
+        if what == "failures" and request.method == "DELETE":
+            self.clear_failures()
+            return web.json_response({})
+        if what.startswith("operator/") and request.method == "POST":
+            operator = self.operator
+            if operator is None:
+                raise StatusError(409, "Conflict", "this emulator runs no fake operator (start it with --fake-operator)")
+            key = (body.get("namespace") or "default", body["name"])
+            action = what.split("/", 1)[1]
+            if action == "ready":
+                operator._ready(key)
+            elif action == "fail":
+                operator._fail(key, body.get("reason", "BackOff"), body.get("message", "Back-off restarting failed container"),
+                               body.get("conditionReason", "CrashLoopBackOff"))
+            elif action == "heal":
+                operator._heal(key)
+            else:
+                raise StatusError(404, "NotFound", f"no operator action {action!r}")
+            return web.json_response({})
+        raise StatusError(404, "NotFound", f"no emulator hook {request.method} {request.path}")
 
     def _authenticate(self, request: web.Request) -> None:
         if self.token is None or request.path in ("/healthz", "/readyz", "/livez"):

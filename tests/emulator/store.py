@@ -62,6 +62,8 @@ class Watcher:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     seen_rv: int = 0
     close_reason: str | None = None
+    #: An in-process consumer (the fake operator), not an HTTP connection: not counted or dropped by test hooks.
+    internal: bool = False
 
     @property
     def closed(self) -> bool:
@@ -287,7 +289,8 @@ class Store:
     # ------------------------------------------------------------- watching
 
     def subscribe(self, rtype: ResourceType, namespace: str | None, predicate: Callable[[Obj], bool],
-                  resource_version: str | None, loop: asyncio.AbstractEventLoop) -> tuple[Watcher, list[tuple[str, Obj]], int]:
+                  resource_version: str | None, loop: asyncio.AbstractEventLoop, *,
+                  internal: bool = False) -> tuple[Watcher, list[tuple[str, Obj]], int]:
         """Open a watch: the watcher, the events to send first, and the resourceVersion they start from.
 
         No ``resourceVersion`` (or ``"0"``): the current objects as ADDED events,
@@ -295,7 +298,7 @@ class Store:
         ``410 Gone`` when the history no longer reaches back that far.
         """
         with self.lock:
-            watcher = Watcher(rtype.key, namespace, predicate, loop)
+            watcher = Watcher(rtype.key, namespace, predicate, loop, internal=internal)
             first: list[tuple[str, Obj]] = []
             if not resource_version or resource_version == "0":
                 items, _ = self.list(rtype, namespace, predicate)
@@ -338,11 +341,18 @@ class Store:
     def drop_watches(self, *, abrupt: bool = True) -> int:
         """End every open watch (``abrupt``: cut the connection; else end the stream cleanly)."""
         with self.lock:
-            watchers = list(self.watchers)
+            watchers = [w for w in self.watchers if not w.internal]
             for w in watchers:
                 w.close("drop" if abrupt else "closed")
-            self.watchers.clear()
+                self.watchers.discard(w)
             return len(watchers)
+
+    def close_all(self) -> None:
+        """End every watch, the in-process ones too (the emulator is stopping)."""
+        with self.lock:
+            for w in self.watchers:
+                w.close("closed")
+            self.watchers.clear()
 
     # ------------------------------------------------------------- internals
 
