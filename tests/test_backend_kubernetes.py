@@ -275,6 +275,33 @@ async def test_watch_error_surfaces_as_an_api_error(backend, kube_emulator: Kube
     assert info.value.status == 403 and "default/denied" in str(info.value) and "RBAC" in str(info.value)
 
 
+async def test_watch_rides_out_an_api_asking_to_come_back_later(backend, kube_emulator: KubeEmulator):
+    await backend.apply(manifest("busy"))
+    kube_emulator.fail("GET", r"/computes$", 503, times=2)
+    stream = backend.watch("busy")
+    try:
+        assert (await next_item(stream)).metadata.name == "busy"
+        pending = asyncio.ensure_future(next_item(stream))
+        await until_watching(kube_emulator)
+        set_ready(kube_emulator, "busy", "True")
+        assert (await pending).is_ready
+    finally:
+        await stream.aclose()
+    statuses = [r.status for r in kube_emulator.requests_made("GET", "/computes$")]
+    assert statuses[:3] == [503, 503, 200]
+
+
+async def test_missing_crd_says_so(backend, kube_emulator: KubeEmulator):
+    with kube_emulator.store.lock:
+        served = kube_emulator.store.types.pop((G, V, "computes"))
+    try:
+        with pytest.raises(KubernetesApiError) as info:
+            await backend.apply(manifest("nocrd"))
+        assert info.value.status == 404 and "CRD" in str(info.value) and "default/nocrd" in str(info.value)
+    finally:
+        kube_emulator.store.add_type(served)
+
+
 # ------------------------------------------------------------------ events
 
 

@@ -7,7 +7,8 @@
   ``fieldSelector=metadata.name=<name>``, which also answers when it does not
   exist yet) and watches from that resourceVersion; an expired version
   (``410 Gone``) or a dropped connection is resumed from a fresh read, and the
-  caller sees each state once.
+  caller sees each state once. A 429/502/503/504 (the API asking to come back
+  later) is ridden out with backoff; any other error status surfaces at once.
 - :meth:`KubernetesBackend.events` lists and then watches core v1 Events whose
   ``involvedObject`` is the Compute, never yielding the same occurrence twice.
 - API errors become :class:`skytorch.errors.KubernetesApiError` naming the
@@ -64,6 +65,8 @@ APPLY_PATCH = "application/apply-patch+yaml"
 DEFAULT_WATCH_TIMEOUT = 290
 
 _RESOURCE = f"{PLURAL}.{GROUP}"
+#: Statuses a stream rides out with backoff (the API asks to come back later); others surface at once.
+_TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 
@@ -273,7 +276,12 @@ class KubernetesBackend(Backend):
                 data = await self._objects().list_namespaced_custom_object(
                     GROUP, VERSION, self.namespace, PLURAL, field_selector=selector)
             except ApiException as exc:
-                raise self._error(exc, "get", name) from exc
+                if exc.status not in _TRANSIENT_STATUS:
+                    raise self._error(exc, "get", name) from exc
+                logger.warning("Reading Compute %s got HTTP %s; retrying in %.1fs", self._who(name), exc.status, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 logger.warning("Reading Compute %s failed (%s); retrying in %.1fs", self._who(name), exc, backoff)
                 await asyncio.sleep(backoff)
@@ -314,7 +322,12 @@ class KubernetesBackend(Backend):
                 except ApiException as exc:
                     if exc.status == 410:
                         break
-                    raise self._error(exc, "watch", name) from exc
+                    if exc.status not in _TRANSIENT_STATUS:
+                        raise self._error(exc, "watch", name) from exc
+                    logger.warning("Watch of Compute %s got HTTP %s; retrying in %.1fs",
+                                   self._who(name), exc.status, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
                     logger.info("Watch of Compute %s dropped (%s: %s); resuming in %.1fs",
                                 self._who(name), type(exc).__name__, exc, backoff)
@@ -355,7 +368,13 @@ class KubernetesBackend(Backend):
                                                             _preload_content=False)
                 data = await self._raw_json(response)
             except ApiException as exc:
-                raise self._error(exc, "list", name, resource=resource) from exc
+                if exc.status not in _TRANSIENT_STATUS:
+                    raise self._error(exc, "list", name, resource=resource) from exc
+                logger.warning("Listing the Events of Compute %s got HTTP %s; retrying in %.1fs",
+                               self._who(name), exc.status, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 logger.warning("Listing the Events of Compute %s failed (%s); retrying in %.1fs",
                                self._who(name), exc, backoff)
@@ -384,7 +403,12 @@ class KubernetesBackend(Backend):
                 except ApiException as exc:
                     if exc.status == 410:
                         break
-                    raise self._error(exc, "watch", name, resource=resource) from exc
+                    if exc.status not in _TRANSIENT_STATUS:
+                        raise self._error(exc, "watch", name, resource=resource) from exc
+                    logger.warning("Event watch of Compute %s got HTTP %s; retrying in %.1fs",
+                                   self._who(name), exc.status, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
                     logger.info("Event watch of Compute %s dropped (%s: %s); resuming in %.1fs",
                                 self._who(name), type(exc).__name__, exc, backoff)
