@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 
@@ -78,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mib", type=int, default=32, help="MiB sent to each Compute (default: 32)")
     options = parser.parse_args(argv)
     os.environ.setdefault("SKYTORCH_BACKEND", "local")
+    # torch's CPU wheels warn at import when numpy is absent; the demo does not use numpy.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(run(options.mib))
