@@ -456,3 +456,62 @@ async def test_process_hooks_over_http(kube_emulator_process):
             await asyncio.sleep(0.02)
         with pytest.raises((aiohttp.ClientError, ConnectionError)):
             await asyncio.wait_for(pending, 10)
+
+
+async def test_orphan_propagation_and_namespace_deletion(kube_api_client):
+    core = client.CoreV1Api(kube_api_client)
+    await apply(kube_api_client, compute("parent", image="a", suspend=False))
+    parent = await get(kube_api_client, "parent")
+    ref = client.V1OwnerReference(api_version=f"{G}/{V}", kind="Compute", name="parent", uid=parent["metadata"]["uid"])
+    await core.create_namespaced_config_map("default", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="orphan", owner_references=[ref])))
+    await client.CustomObjectsApi(kube_api_client).delete_namespaced_custom_object(
+        G, V, "default", P, "parent", propagation_policy="Orphan")
+    orphan = await core.read_namespaced_config_map("orphan", "default")
+    assert not orphan.metadata.owner_references
+    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="doomed")))
+    await core.create_namespaced_config_map("doomed", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="inside")))
+    await core.delete_namespace("doomed")
+    assert (await core.list_namespaced_config_map("doomed")).items == []
+    assert "doomed" not in [n.metadata.name for n in (await core.list_namespace()).items]
+
+
+async def test_watch_sees_an_object_leave_its_label_selection(kube_api_client, kube_emulator: KubeEmulator):
+    core = client.CoreV1Api(kube_api_client)
+    made = await core.create_namespaced_config_map("default", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="mover", labels={"pick": "me"})))
+    await core.patch_namespaced_config_map("mover", "default", {"metadata": {"labels": {"pick": "other"}}})
+    await core.patch_namespaced_config_map("mover", "default", {"metadata": {"labels": {"pick": "me"}}})
+    w = watch.Watch()
+    seen = []
+    try:
+        async for event in w.stream(core.list_namespaced_config_map, "default", label_selector="pick=me",
+                                    resource_version=made.metadata.resource_version, timeout_seconds=5):
+            seen.append(event["type"])
+            if len(seen) == 2:
+                break
+    finally:
+        await w.close()
+    assert seen == ["DELETED", "ADDED"]
+
+
+async def test_list_pages_with_limit_and_continue(kube_api_client):
+    core = client.CoreV1Api(kube_api_client)
+    for i in range(5):
+        await core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"p{i}")))
+    first = await core.list_namespaced_config_map("default", limit=2)
+    assert [i.metadata.name for i in first.items] == ["p0", "p1"] and first.metadata._continue
+    rest = await core.list_namespaced_config_map("default", limit=10, _continue=first.metadata._continue)
+    assert [i.metadata.name for i in rest.items] == ["p2", "p3", "p4"] and not rest.metadata._continue
+
+
+async def test_no_new_finalizers_while_deleting(kube_api_client):
+    core = client.CoreV1Api(kube_api_client)
+    await core.create_namespaced_config_map("default", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="held", finalizers=["a/b"])))
+    await core.delete_namespaced_config_map("held", "default")
+    with pytest.raises(ApiException) as info:
+        await core.patch_namespaced_config_map("held", "default", {"metadata": {"finalizers": ["a/b", "c/d"]}})
+    assert info.value.status == 422
+    await core.patch_namespaced_config_map("held", "default", {"metadata": {"finalizers": []}})
+    assert (await core.list_namespaced_config_map("default", field_selector="metadata.name=held")).items == []
