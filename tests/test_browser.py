@@ -64,3 +64,27 @@ def test_dashboard_in_jupyterlab_shows_3_of_3_ready_and_a_row_goes_on_delete(tmp
     save_artifact_path(before)
     save_artifact_path(shot)
     assert shot.stat().st_size > 10_000
+
+
+def test_compute_widget_in_jupyterlab_follows_the_quickstart_to_the_end(tmp_path):
+    root = tmp_path / "root"
+    copy_notebook("01-quickstart.ipynb", root)
+    shot = ARTIFACTS / "browser" / "01-quickstart-compute-widget.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    with jupyterlab(root, kernel_env(tmp_path), tmp_path / "jupyterlab.log") as lab, launch_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(180_000)
+        page.goto(f"{lab.url}/lab/tree/01-quickstart.ipynb?token={lab.token}")
+        page.wait_for_function(KERNEL_IDLE, timeout=180_000)
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        widget = page.locator(".jp-OutputArea .skytorch-compute-widget")
+        # the 16 MiB send moves the progress bar; the last cell deletes the Compute
+        widget.locator(".skytorch-transfer", has_text="send 16.0 MiB / 16.0 MiB").wait_for()
+        widget.locator(".skytorch-state", has_text="Deleted").wait_for()
+        page.wait_for_function(KERNEL_IDLE)
+        assert widget.count() == 1
+        assert widget.get_by_role("button", name="Delete").is_disabled()
+        assert widget.locator(".skytorch-event").count() >= 2
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=str(shot))
+    save_artifact_path(shot)

@@ -175,6 +175,8 @@ def compute_text(compute: "Compute") -> str:
 
 
 def _conditions_html(compute: "Compute") -> str:
+    if compute.state == "Deleted":
+        return '<div style="color:#6c757d">deleted: no conditions</div>'
     conditions = getattr(compute, "conditions", None) or []
     if not conditions:
         return '<div style="color:#6c757d">no conditions reported yet</div>'
