@@ -70,4 +70,19 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
     if not getattr(loop, "_nest_patched", False):
         nest_asyncio.apply(loop)
-    return loop.run_until_complete(coro)
+    # The iteration of the loop that is running us may still be asyncio's own ``_run_once``
+    # (the loop was patched during it): that frame counted its ready callbacks before calling
+    # us and pops that many afterwards. The nested run below may run them first, so we top the
+    # queue back up with no-ops; otherwise the outer frame fails with "pop from an empty deque".
+    ready = getattr(loop, "_ready", None)
+    before = len(ready) if ready is not None else 0
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        if ready is not None:
+            for _ in range(before - len(ready)):
+                loop.call_soon(_noop)
+
+
+def _noop() -> None:
+    """Placeholder callback (see :func:`run_sync`)."""
