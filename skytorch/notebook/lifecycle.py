@@ -271,10 +271,28 @@ def install() -> None:
         if _state.loop is None:
             io_loop = getattr(kernel, "io_loop", None)
             _state.loop = getattr(io_loop, "asyncio_loop", None)
+        _make_reentrant(_state.loop)
         _patch_shutdown(kernel)
         _install_sigterm_handler()
     atexit.register(_atexit_cleanup)
     logger.debug("Kernel lifecycle installed, labels %s", _hooks.default_labels)
+
+
+def _make_reentrant(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Patch the kernel's loop with ``nest_asyncio`` now, before the first sync entry point nests in it.
+
+    Patching a loop from inside the very iteration that then nests
+    ``run_until_complete`` leaves that iteration's (unpatched) frame with a
+    drained ready queue; patching early keeps later iterations safe.
+    """
+    if loop is None or getattr(loop, "_nest_patched", False):
+        return
+    try:
+        import nest_asyncio
+
+        nest_asyncio.apply(loop)
+    except Exception:  # pragma: no cover - sync entry points patch the loop themselves as a fallback
+        logger.debug("Could not patch the kernel's loop with nest_asyncio", exc_info=True)
 
 
 def _current_kernel() -> Any:
