@@ -92,13 +92,17 @@ def test_apply_body_validates_against_the_upstream_crd():
         jsonschema.Draft7Validator(schema).validate({**body, "spec": {}})
 
 
-async def test_apply_against_the_upstream_crd_schema_in_the_emulator(backend, kube_api_client):
+async def test_apply_against_the_upstream_crd_schema_in_the_emulator(backend, kube_api_client, kube_emulator):
     if not CRD_PATH.is_file():
         pytest.skip(f"the upstream CRD is not beside the clone ({CRD_PATH})")
     crd = yaml.safe_load(CRD_PATH.read_text())
     await k8s.ApiextensionsV1Api(kube_api_client).create_custom_resource_definition(crd)
     resource = await backend.apply(manifest("schema-checked", env=env_list({"K": "V"})))
     assert resource.metadata.uid
+    pruned = manifest("schema-pruned")
+    pruned["spec"]["bogus"] = "dropped"
+    assert "bogus" not in (await backend.apply(pruned)).spec.to_dict() | (
+        kube_emulator.get(f"{G}/{V}", "Compute", "schema-pruned", "default")["spec"]), "unknown fields are pruned"
     bad = manifest("schema-bad")
     bad["spec"]["env"] = [{"value": "no name"}]
     with pytest.raises(KubernetesApiError) as info:

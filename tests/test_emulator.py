@@ -347,6 +347,10 @@ async def test_crd_created_in_the_emulator_is_served(kube_api_client):
         await api.create_namespaced_custom_object("example.com", "v1", "default", "widgets", {
             "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "bad"}, "spec": {"size": "big"}})
     assert info.value.status == 422
+    pruned = await api.create_namespaced_custom_object("example.com", "v1", "default", "widgets", {
+        "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "p"}, "spec": {"size": 1, "colour": "red"},
+        "other": True})
+    assert pruned["spec"] == {"size": 1} and "other" not in pruned, "fields the schema does not know are pruned"
 
 
 async def test_fake_operator_drives_conditions_and_events(kube_api_client, kube_emulator: KubeEmulator):

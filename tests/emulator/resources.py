@@ -84,6 +84,34 @@ class ResourceType:
         return causes
 
 
+def prune_and_default(schema: dict[str, Any], value: Any, *, root: bool = True) -> Any:
+    """Drop fields a structural schema does not know and fill in its defaults, as the API does for CRDs.
+
+    ``x-kubernetes-preserve-unknown-fields`` keeps a subtree as it is; ``metadata``
+    at the root is left to the server.
+    """
+    if isinstance(value, dict) and schema.get("type", "object") == "object":
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if root and key in ("apiVersion", "kind", "metadata"):
+                out[key] = item
+            elif props is not None and key in props:
+                out[key] = prune_and_default(props[key], item, root=False)
+            elif isinstance(extra, dict):
+                out[key] = prune_and_default(extra, item, root=False)
+            elif schema.get("x-kubernetes-preserve-unknown-fields") or extra is True or props is None:
+                out[key] = item
+        for key, sub in (props or {}).items():
+            if key not in out and "default" in sub:
+                out[key] = sub["default"]
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [prune_and_default(schema["items"], item, root=False) for item in value]
+    return value
+
+
 def _schema_causes(schema: dict[str, Any], obj: dict[str, Any]) -> list[dict[str, str]]:
     """Validate ``obj`` (without metadata) against a CRD's openAPIV3Schema with jsonschema."""
     import jsonschema

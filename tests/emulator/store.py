@@ -22,7 +22,7 @@ import jsonpatch
 
 from tests.emulator import fields as F
 from tests.emulator.errors import StatusError
-from tests.emulator.resources import ResourceType, builtin_types, types_from_crd
+from tests.emulator.resources import ResourceType, builtin_types, prune_and_default, types_from_crd
 
 Obj = dict[str, Any]
 #: Server-side metadata a client cannot set or change.
@@ -212,6 +212,9 @@ class Store:
             if rtype.status_subresource:
                 obj.pop("status", None)
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+            if rtype.schema is not None:
+                obj = prune_and_default(rtype.schema, obj)
+                meta = obj["metadata"]
             causes = rtype.validate(obj)
             if causes:
                 raise self._invalid(rtype, name, causes)
@@ -530,6 +533,9 @@ class Store:
             if added:
                 raise StatusError(422, "Invalid", f'{rtype.kind} "{meta["name"]}" is invalid: metadata.finalizers: '
                                   f"Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}")
+        if rtype.schema is not None:
+            new = prune_and_default(rtype.schema, new)
+            meta = new["metadata"]
         causes = rtype.validate(new)
         if causes:
             raise self._invalid(rtype, meta["name"], causes)
