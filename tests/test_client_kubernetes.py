@@ -394,3 +394,23 @@ async def test_cluster_deletes_every_compute_when_one_fails_to_become_ready(on_k
     assert not isinstance(info.value, AssertionError)
     assert sorted(r.path.rsplit("/", 1)[1] for r in on_kube.requests_made("DELETE")) == ["broken", "fine-1", "fine-2"]
     assert all(stored(on_kube, c.name) is None for c in computes)
+
+
+async def test_full_lifecycle_against_the_upstream_crd(on_kube, fake_operator, server):
+    """With the upstream CRD installed, every write of the client (and the operator's status) passes its schema."""
+    if not CRD_PATH.is_file():
+        pytest.skip(f"the upstream CRD is not beside the clone ({CRD_PATH})")
+    on_kube.create(yaml.safe_load(CRD_PATH.read_text()))
+    assert on_kube.store.find_type(G, V, "computes").schema is not None, "the emulator now validates with it"
+    compute = Compute("upstream", image=IMAGE, host="127.0.0.1", port=server.port, env={"A": "1"},
+                      labels={"team": "ml"}, annotations={"a": "b"}, command=["python"], args=["-m", "skytorch.server"],
+                      resources={"nvidia.com/gpu": "1", "memory": "8Gi", "cpu": 2})
+    async with compute:
+        assert (await compute.send_tensors(torch.ones(2))).success
+        await compute.suspend()
+        await compute.resume(timeout=30)
+        assert compute.is_ready()
+    statuses = [r.status for r in on_kube.requests_made() if "/computes" in r.path]
+    assert statuses and all(s < 400 for s in statuses), statuses
+    sent = on_kube.requests_made("PATCH", "/computes/upstream$")[0].body
+    assert sent["spec"]["resources"] == {"nvidia.com/gpu": "1", "memory": "8Gi", "cpu": 2}
