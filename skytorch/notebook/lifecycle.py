@@ -231,7 +231,6 @@ def registry() -> Registry:
 class _State:
     installed: bool = False
     loop: asyncio.AbstractEventLoop | None = None
-    cleaned: bool = False
 
 
 _state = _State()
@@ -333,7 +332,6 @@ async def _cleanup_at_shutdown() -> None:
     budget = shutdown_timeout()
     deadline = asyncio.get_running_loop().time() + budget
     if not _registry.computes(include_kept=False):
-        _state.cleaned = True
         return
     loop = _state.loop
     here = asyncio.get_running_loop()
@@ -352,7 +350,6 @@ async def _cleanup_at_shutdown() -> None:
             try:
                 deleted = await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(0.1, deadline - here.time()))
                 logger.info("Deleted at kernel shutdown: %s", ", ".join(deleted) or "nothing")
-                _state.cleaned = not _registry.computes(include_kept=False)
                 return
             except (asyncio.TimeoutError, concurrent.futures.CancelledError):
                 logger.warning("Deleting Computes at kernel shutdown did not finish in %ss", budget)
@@ -361,7 +358,6 @@ async def _cleanup_at_shutdown() -> None:
         logger.warning("The kernel's loop is busy; deleting Computes from the shutdown thread")
     deleted = await _registry.delete_all(timeout=max(0.2, deadline - here.time()))
     logger.info("Deleted at kernel shutdown: %s", ", ".join(deleted) or "nothing")
-    _state.cleaned = not _registry.computes(include_kept=False)
 
 
 def _atexit_cleanup() -> None:
