@@ -398,6 +398,18 @@ async def test_unreachable_api_is_a_clear_error():
         await backend.close()
 
 
+async def test_a_hanging_api_is_a_clear_error_not_a_hang(kube_emulator: KubeEmulator, kubeconfig):
+    backend = await resolve_kubernetes()
+    backend.request_timeout = 0.5
+    kube_emulator.fail("GET", r"/computes/slow$", None, delay=5)
+    try:
+        with pytest.raises(KubernetesApiError) as info:
+            await backend.get("slow")
+        assert "default/slow" in str(info.value) and "did not answer within 0.5s" in str(info.value)
+    finally:
+        await backend.close()
+
+
 async def test_bad_name_is_refused_before_any_request(backend, kube_emulator: KubeEmulator):
     body = manifest("ok")
     body["metadata"]["name"] = "Not_OK"

@@ -80,16 +80,18 @@ class KubernetesBackend(Backend):
 
     ``configuration`` is a ``kubernetes_asyncio.client.Configuration``;
     ``watch_timeout`` the seconds one watch request stays open on the server
-    before it is renewed (from the last resourceVersion, without a re-read).
+    before it is renewed (from the last resourceVersion, without a re-read);
+    ``request_timeout`` the seconds any other request may take.
     """
 
     kind = "kubernetes"
 
     def __init__(self, configuration: k8s.Configuration, namespace: str = "default", *,
-                 watch_timeout: int = DEFAULT_WATCH_TIMEOUT) -> None:
+                 watch_timeout: int = DEFAULT_WATCH_TIMEOUT, request_timeout: float = 60.0) -> None:
         self.configuration = configuration
         self.namespace = namespace
         self.watch_timeout = watch_timeout
+        self.request_timeout = request_timeout
         self._clients: dict[asyncio.AbstractEventLoop, k8s.ApiClient] = {}
         self._lock = threading.Lock()
 
@@ -130,6 +132,11 @@ class KubernetesBackend(Backend):
     def _error(self, exc: BaseException, verb: str, name: str | None, *, resource: str = _RESOURCE) -> KubernetesApiError:
         """A :class:`KubernetesApiError` naming the Compute for an ``ApiException`` or a connection failure."""
         what = f'Compute "{self._who(name)}"' if name else f'Computes in namespace "{self.namespace}"'
+        if isinstance(exc, TimeoutError):
+            return KubernetesApiError(
+                f"Cannot {verb} {what}: the Kubernetes API at {self.configuration.host} did not answer within "
+                f"{self.request_timeout:g}s (TimeoutError). Check the cluster's health and your network.",
+                compute=self._who(name))
         if not isinstance(exc, ApiException):
             return KubernetesApiError(
                 f"Cannot {verb} {what}: the Kubernetes API at {self.configuration.host} could not be reached "
@@ -194,7 +201,7 @@ class KubernetesBackend(Backend):
         try:
             response = await self._objects().patch_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, name, body, field_manager=CLIENT_FIELD_MANAGER, force=True,
-                _content_type=APPLY_PATCH, _preload_content=False)
+                _content_type=APPLY_PATCH, _preload_content=False, _request_timeout=self._timeout())
             data = await self._raw_json(response)
         except (ApiException, aiohttp.ClientError, OSError) as exc:
             raise self._error(exc, "patch", name) from exc
@@ -203,7 +210,8 @@ class KubernetesBackend(Backend):
     async def get(self, name: str) -> ComputeResource | None:
         """The Compute as stored, or ``None``."""
         try:
-            data = await self._objects().get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+            data = await self._objects().get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name,
+                                                                      _request_timeout=self._timeout())
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -216,7 +224,8 @@ class KubernetesBackend(Backend):
         """Every Compute of the namespace (optionally filtered by a label selector), sorted by name."""
         kwargs = {"label_selector": label_selector} if label_selector else {}
         try:
-            data = await self._objects().list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, **kwargs)
+            data = await self._objects().list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
+                                                                       _request_timeout=self._timeout(), **kwargs)
         except (ApiException, aiohttp.ClientError, OSError) as exc:
             raise self._error(exc, "list", None) from exc
         items = [ComputeResource.from_dict(item) for item in data.get("items") or []]
@@ -227,7 +236,8 @@ class KubernetesBackend(Backend):
         options = k8s.V1DeleteOptions(grace_period_seconds=grace_period_seconds, propagation_policy="Background")
         try:
             await self._objects().delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, grace_period_seconds=grace_period_seconds, body=options)
+                GROUP, VERSION, self.namespace, PLURAL, name, grace_period_seconds=grace_period_seconds, body=options,
+                _request_timeout=self._timeout())
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -263,6 +273,10 @@ class KubernetesBackend(Backend):
         finally:
             response.release()
 
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        """Time limit of one plain (non-watch) request."""
+        return aiohttp.ClientTimeout(total=self.request_timeout)
+
     def _watch_timeouts(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(sock_connect=30, sock_read=self.watch_timeout + 30)
 
@@ -274,7 +288,7 @@ class KubernetesBackend(Backend):
         while True:
             try:
                 data = await self._objects().list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, field_selector=selector)
+                    GROUP, VERSION, self.namespace, PLURAL, field_selector=selector, _request_timeout=self._timeout())
             except ApiException as exc:
                 if exc.status not in _TRANSIENT_STATUS:
                     raise self._error(exc, "get", name) from exc
@@ -365,7 +379,7 @@ class KubernetesBackend(Backend):
             core = k8s.CoreV1Api(self._api_client())
             try:
                 response = await core.list_namespaced_event(self.namespace, field_selector=selector,
-                                                            _preload_content=False)
+                                                            _preload_content=False, _request_timeout=self._timeout())
                 data = await self._raw_json(response)
             except ApiException as exc:
                 if exc.status not in _TRANSIENT_STATUS:

@@ -36,11 +36,11 @@ class EmulatorControl:
         """Cut every open watch; returns how many."""
         return self._call("POST", "drop-watches", {"abrupt": abrupt})["dropped"]
 
-    def fail(self, method: str, path: str, status: int = 403, *, times: int | None = None,
-             message: str | None = None) -> None:
-        """Fail matching requests (see :meth:`KubeEmulator.fail`)."""
+    def fail(self, method: str, path: str, status: int | None = 403, *, times: int | None = None,
+             message: str | None = None, delay: float = 0.0) -> None:
+        """Fail (or, with ``status=None`` and a ``delay``, slow down) matching requests; see :meth:`KubeEmulator.fail`."""
         self._call("POST", "failures", {"method": method, "path": path, "status": status, "times": times,
-                                        "message": message})
+                                        "message": message, "delay": delay})
 
     def clear_failures(self) -> None:
         """Remove every failure rule."""

@@ -64,14 +64,16 @@ class FailureRule:
     """Answer requests matching ``method`` (``*``: any) and ``path`` (a regex searched in the path) with ``status``.
 
     ``times``: how many requests to fail (``None``: every one). ``hits`` counts the failed ones.
+    ``delay``: seconds to stall first; with ``status=None`` the request then goes through (a slow API).
     """
 
     method: str
     path: re.Pattern[str]
-    status: int
+    status: int | None
     times: int | None = None
     message: str | None = None
     hits: int = 0
+    delay: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
         """Whether this rule fails that request now."""
@@ -216,10 +218,13 @@ class KubeEmulator:
 
     # --------------------------------------------------------------- test hooks
 
-    def fail(self, method: str, path: str, status: int = 403, *, times: int | None = None,
-             message: str | None = None) -> FailureRule:
-        """Answer matching requests with ``status`` (403: an RBAC Forbidden Status) ``times`` times, or always."""
-        rule = FailureRule(method, re.compile(path), status, times, message)
+    def fail(self, method: str, path: str, status: int | None = 403, *, times: int | None = None,
+             message: str | None = None, delay: float = 0.0) -> FailureRule:
+        """Answer matching requests with ``status`` (403: an RBAC Forbidden Status) ``times`` times, or always.
+
+        ``delay`` stalls each matching request that long first; ``status=None`` then lets it through.
+        """
+        rule = FailureRule(method, re.compile(path), status, times, message, delay=delay)
         with self._lock:
             self.failures.append(rule)
         return rule
@@ -331,7 +336,7 @@ class KubeEmulator:
                     except (ValueError, yaml.YAMLError) as exc:
                         raise StatusError(400, "BadRequest", f"the body of the request could not be decoded: {exc}") from None
             self._authenticate(request)
-            self._inject_failure(request)
+            await self._inject_failure(request)
             response = await self._route(request, record)
         except StatusError as exc:
             response = web.json_response(exc.body(), status=exc.code)
@@ -357,8 +362,9 @@ class KubeEmulator:
         if what == "drop-watches" and request.method == "POST":
             return web.json_response({"dropped": self.drop_watches(abrupt=bool(body.get("abrupt", True)))})
         if what == "failures" and request.method == "POST":
-            self.fail(body.get("method", "*"), body["path"], int(body.get("status", 403)),
-                      times=body.get("times"), message=body.get("message"))
+            status = body.get("status", 403)
+            self.fail(body.get("method", "*"), body["path"], None if status is None else int(status),
+                      times=body.get("times"), message=body.get("message"), delay=float(body.get("delay") or 0))
             return web.json_response({})
         if what == "failures" and request.method == "DELETE":
             self.clear_failures()
@@ -387,12 +393,16 @@ class KubeEmulator:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             raise StatusError(401, "Unauthorized", "Unauthorized")
 
-    def _inject_failure(self, request: web.Request) -> None:
+    async def _inject_failure(self, request: web.Request) -> None:
         with self._lock:
             rule = next((r for r in self.failures if r.matches(request.method, request.path)), None)
             if rule is None:
                 return
             rule.hits += 1
+        if rule.delay:
+            await asyncio.sleep(rule.delay)
+        if rule.status is None:
+            return
         if rule.status == 403:
             message = rule.message or self._forbidden_message(request)
             raise StatusError(403, "Forbidden", message, details=self._details(request))
