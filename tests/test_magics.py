@@ -164,3 +164,20 @@ def test_init_after_computes_exist_explains_itself_and_gc_finds_nothing_here(ker
     assert "can only be called once" in result.stderr
     result = kernel.execute("%skytorch gc --dry-run")
     assert "No Computes left behind" in result.stdout
+
+
+def test_sync_entry_points_run_on_the_kernels_own_loop(kernel: KernelSession):
+    kernel.execute(
+        "import asyncio, threading\n"
+        "kernel_loop = asyncio.get_running_loop()\n"
+        "seen = []\n"
+        "%skytorch up nbm-loop --wait\n"
+        "nbm_loop.subscribe(lambda c, what: seen.append((threading.current_thread() is threading.main_thread(),\n"
+        "                                                asyncio.get_running_loop() is kernel_loop)))"
+    )
+    kernel.execute("%skytorch suspend nbm-loop")  # a magic: sync code, nested on the running loop
+    kernel.execute("nbm_loop.is_ready()")
+    kernel.execute("from skytorch.notebook.widgets import compute_widget\ncompute_widget(nbm_loop).resume_button.click()")
+    assert kernel.execute("nbm_loop.state").value() == "'Ready'"
+    assert kernel.execute("len(seen) >= 2, set(seen)").value() == "(True, {(True, True)})"
+    kernel.execute("%skytorch delete nbm-loop")
