@@ -465,6 +465,17 @@ async def test_resolve_from_home_kube_config(kube_emulator: KubeEmulator, tmp_pa
     assert backend.configuration.host == kube_emulator.url
 
 
+async def test_resolve_from_a_kubeconfig_path_list(kube_emulator: KubeEmulator, tmp_path, monkeypatch):
+    real = kube_emulator.write_kubeconfig(tmp_path / "real", namespace="listed")
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}:{real}")
+    backend = await resolve_kubernetes()
+    assert backend.namespace == "listed" and backend.configuration.host == kube_emulator.url
+    monkeypatch.setenv("KUBECONFIG", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    kube_emulator.write_kubeconfig(tmp_path / "home" / ".kube" / "config", namespace="empty-means-default")
+    assert (await resolve_kubernetes()).namespace == "empty-means-default"
+
+
 async def test_resolve_without_namespace_in_context_defaults(kube_emulator: KubeEmulator, tmp_path, monkeypatch):
     doc = kube_emulator.kubeconfig()
     del doc["contexts"][0]["context"]["namespace"]

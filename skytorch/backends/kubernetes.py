@@ -434,7 +434,7 @@ class KubernetesBackend(Backend):
 
 def _kubeconfig_paths() -> list[pathlib.Path]:
     raw = os.environ.get("KUBECONFIG")
-    if raw is None:
+    if not raw:  # unset or empty: kubectl's default
         candidates = [pathlib.Path.home() / ".kube" / "config"]
     else:
         candidates = [pathlib.Path(p).expanduser() for p in raw.split(kube_config.ENV_KUBECONFIG_PATH_SEPARATOR) if p]
