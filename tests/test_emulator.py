@@ -519,3 +519,24 @@ async def test_no_new_finalizers_while_deleting(kube_api_client):
     assert info.value.status == 422
     await core.patch_namespaced_config_map("held", "default", {"metadata": {"finalizers": []}})
     assert (await core.list_namespaced_config_map("default", field_selector="metadata.name=held")).items == []
+
+
+async def test_watch_path_style_and_tokenless_kubeconfig(tmp_path):
+    from kubernetes_asyncio import config
+
+    open_emulator = KubeEmulator(token=None)
+    with open_emulator.running():
+        path = open_emulator.write_kubeconfig(tmp_path / "kc", namespace="ns-x", token=False)
+        assert "token" not in path.read_text()
+        configuration = client.Configuration()
+        await config.load_kube_config(config_file=str(path), client_configuration=configuration)
+        async with client.ApiClient(configuration) as api:
+            core = client.CoreV1Api(api)
+            made = await core.create_namespaced_config_map("ns-x", client.V1ConfigMap(
+                metadata=client.V1ObjectMeta(name="old-style")))
+        async with aiohttp.ClientSession() as http:
+            url = f"{open_emulator.url}/api/v1/watch/namespaces/ns-x/configmaps"
+            async with http.get(url, params={"resourceVersion": "0", "timeoutSeconds": "1"}) as r:
+                events = [json.loads(line) async for line in r.content if line.strip()]
+        assert [(e["type"], e["object"]["metadata"]["uid"]) for e in events] == [("ADDED", made.metadata.uid)]
+        assert open_emulator.requests_made(path="/watch/")[0].is_watch
