@@ -16,6 +16,9 @@ Quick use::
         ...
 """
 
+import os
+import pathlib
+
 from tests.emulator.control import EmulatorControl
 from tests.emulator.errors import StatusError
 from tests.emulator.fake_operator import FakeOperator
@@ -27,6 +30,7 @@ __all__ = ["EmulatorControl", "FailureRule", "FakeOperator", "KubeEmulator", "Re
            "write_kubeconfig"]
 
 
-def write_kubeconfig(emulator: KubeEmulator, path, namespace: str = "default", *, token: bool = True):
+def write_kubeconfig(emulator: KubeEmulator, path: "str | os.PathLike[str]", namespace: str = "default", *,
+                     token: bool = True) -> pathlib.Path:
     """Write a kubeconfig for ``emulator`` at ``path`` (see :meth:`KubeEmulator.write_kubeconfig`)."""
     return emulator.write_kubeconfig(path, namespace, token=token)
