@@ -218,16 +218,33 @@ async def test_watch_resumes_after_410_without_missing_a_transition(backend, kub
         await stream.aclose()
 
 
-async def test_watch_resumes_after_a_410_event_on_a_live_connection(backend, kube_emulator: KubeEmulator):
+async def test_watch_rereads_after_a_410_response_to_the_watch_request(backend, kube_emulator: KubeEmulator):
     await backend.apply(manifest("expired"))
-    kube_emulator.fail("GET", r"/computes$", 410, times=1)
+    rule = kube_emulator.fail("GET", r"/computes$", 410, times=1, watch=True)
     stream = backend.watch("expired")
     try:
-        # The first read itself got 410 (not a watch): that is an error of the read, not an expiry.
-        with pytest.raises(KubernetesApiError):
+        assert not (await next_item(stream)).is_ready
+        pending = asyncio.ensure_future(next_item(stream))
+        await until_watching(kube_emulator)
+        set_ready(kube_emulator, "expired", "True")
+        assert (await pending).is_ready
+    finally:
+        await stream.aclose()
+    assert rule.hits == 1
+    assert len(kube_emulator.requests_made("GET", "/computes$", watch=False)) == 2, "the 410 made it read afresh"
+
+
+async def test_a_500_on_the_watch_request_surfaces(backend, kube_emulator: KubeEmulator):
+    await backend.apply(manifest("broken-watch"))
+    kube_emulator.fail("GET", r"/computes$", 500, watch=True)
+    stream = backend.watch("broken-watch")
+    try:
+        assert (await next_item(stream)).metadata.name == "broken-watch"
+        with pytest.raises(KubernetesApiError) as info:
             await next_item(stream)
     finally:
         await stream.aclose()
+    assert info.value.status == 500 and "default/broken-watch" in str(info.value)
 
 
 async def test_watch_resumes_after_a_dropped_connection(backend, kube_emulator: KubeEmulator):

@@ -37,10 +37,10 @@ class EmulatorControl:
         return self._call("POST", "drop-watches", {"abrupt": abrupt})["dropped"]
 
     def fail(self, method: str, path: str, status: int | None = 403, *, times: int | None = None,
-             message: str | None = None, delay: float = 0.0) -> None:
+             message: str | None = None, delay: float = 0.0, watch: bool | None = None) -> None:
         """Fail (or, with ``status=None`` and a ``delay``, slow down) matching requests; see :meth:`KubeEmulator.fail`."""
         self._call("POST", "failures", {"method": method, "path": path, "status": status, "times": times,
-                                        "message": message, "delay": delay})
+                                        "message": message, "delay": delay, "watch": watch})
 
     def clear_failures(self) -> None:
         """Remove every failure rule."""

@@ -74,10 +74,14 @@ class FailureRule:
     message: str | None = None
     hits: int = 0
     delay: float = 0.0
+    #: ``True``: only watch requests; ``False``: only the others; ``None``: both.
+    watch: bool | None = None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, is_watch: bool = False) -> bool:
         """Whether this rule fails that request now."""
         if self.times is not None and self.hits >= self.times:
+            return False
+        if self.watch is not None and self.watch != is_watch:
             return False
         return (self.method == "*" or self.method.upper() == method.upper()) and bool(self.path.search(path))
 
@@ -219,12 +223,13 @@ class KubeEmulator:
     # --------------------------------------------------------------- test hooks
 
     def fail(self, method: str, path: str, status: int | None = 403, *, times: int | None = None,
-             message: str | None = None, delay: float = 0.0) -> FailureRule:
+             message: str | None = None, delay: float = 0.0, watch: bool | None = None) -> FailureRule:
         """Answer matching requests with ``status`` (403: an RBAC Forbidden Status) ``times`` times, or always.
 
         ``delay`` stalls each matching request that long first; ``status=None`` then lets it through.
+        ``watch``: ``True`` matches only watch requests, ``False`` only the others (``None``: both).
         """
-        rule = FailureRule(method, re.compile(path), status, times, message, delay=delay)
+        rule = FailureRule(method, re.compile(path), status, times, message, delay=delay, watch=watch)
         with self._lock:
             self.failures.append(rule)
         return rule
@@ -336,7 +341,7 @@ class KubeEmulator:
                     except (ValueError, yaml.YAMLError) as exc:
                         raise StatusError(400, "BadRequest", f"the body of the request could not be decoded: {exc}") from None
             self._authenticate(request)
-            await self._inject_failure(request)
+            await self._inject_failure(request, record.is_watch)
             response = await self._route(request, record)
         except StatusError as exc:
             response = web.json_response(exc.body(), status=exc.code)
@@ -364,7 +369,8 @@ class KubeEmulator:
         if what == "failures" and request.method == "POST":
             status = body.get("status", 403)
             self.fail(body.get("method", "*"), body["path"], None if status is None else int(status),
-                      times=body.get("times"), message=body.get("message"), delay=float(body.get("delay") or 0))
+                      times=body.get("times"), message=body.get("message"), delay=float(body.get("delay") or 0),
+                      watch=body.get("watch"))
             return web.json_response({})
         if what == "failures" and request.method == "DELETE":
             self.clear_failures()
@@ -393,9 +399,9 @@ class KubeEmulator:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             raise StatusError(401, "Unauthorized", "Unauthorized")
 
-    async def _inject_failure(self, request: web.Request) -> None:
+    async def _inject_failure(self, request: web.Request, is_watch: bool) -> None:
         with self._lock:
-            rule = next((r for r in self.failures if r.matches(request.method, request.path)), None)
+            rule = next((r for r in self.failures if r.matches(request.method, request.path, is_watch)), None)
             if rule is None:
                 return
             rule.hits += 1
