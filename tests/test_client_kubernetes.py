@@ -114,6 +114,13 @@ def test_constructing_outside_a_loop_applies_with_server_side_apply(on_kube):
     Compute("ssa", image=IMAGE + "-v2")
     assert stored(on_kube, "ssa")["spec"]["image"] == IMAGE + "-v2", "the same name updates the Compute"
     assert "env" not in stored(on_kube, "ssa")["spec"], "fields the client no longer sets are dropped by the apply"
+    before = len(on_kube.requests_made("GET", "/computes/ssa$"))
+    assert compute.is_ready() is False, "no operator has made it ready"
+    assert len(on_kube.requests_made("GET", "/computes/ssa$")) == before + 1, "is_ready() fetches the current status"
+    on_kube.patch(f"{G}/{V}", "Compute", "ssa", {"status": {"conditions": [
+        {"type": "Ready", "status": "True", "reason": "Test", "message": "", "lastTransitionTime": "2024-01-01T00:00:00Z"}]}},
+        "default", subresource="status", manager="skytorch-operator")
+    assert compute.is_ready() is True
 
 
 async def test_constructing_inside_a_loop_does_not_block(on_kube, operator):
