@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import pathlib
 import warnings
 
 import pytest
@@ -16,8 +15,8 @@ from skytorch.backends.kubernetes import KubernetesBackend, resolve_kubernetes
 from skytorch.errors import BackendError, KubernetesApiError
 from skytorch.resources import CLIENT_FIELD_MANAGER, ComputeSpec, apply_manifest, env_list
 from tests.emulator import FakeOperator, KubeEmulator
+from tests.upstream import upstream_crd, upstream_schema
 
-CRD_PATH = pathlib.Path(__file__).resolve().parents[2] / "shared" / "compat" / "compute.skytorch.dev_computes.yaml"
 G, V = "compute.skytorch.dev", "v1alpha1"
 
 
@@ -73,13 +72,9 @@ async def test_apply_is_one_server_side_apply_with_the_crd_shape(backend, kube_e
 
 
 def test_apply_body_validates_against_the_upstream_crd():
-    if not CRD_PATH.is_file():
-        pytest.skip(f"the upstream CRD is not beside the clone ({CRD_PATH})")
     import jsonschema
 
-    crd = yaml.safe_load(CRD_PATH.read_text())
-    [version] = [v for v in crd["spec"]["versions"] if v["name"] == V]
-    schema = version["schema"]["openAPIV3Schema"]
+    schema = upstream_schema()
     body = manifest("valid", env=env_list({"A": "1"}), command=["python"], args=["-m", "skytorch.server"],
                     labels={"pod": "label"}, annotations={"pod": "note"}, suspend=True,
                     resources={"nvidia.com/gpu": "1", "memory": "8Gi", "cpu": 4})
@@ -91,9 +86,7 @@ def test_apply_body_validates_against_the_upstream_crd():
 
 
 async def test_apply_against_the_upstream_crd_schema_in_the_emulator(backend, kube_api_client, kube_emulator):
-    if not CRD_PATH.is_file():
-        pytest.skip(f"the upstream CRD is not beside the clone ({CRD_PATH})")
-    crd = yaml.safe_load(CRD_PATH.read_text())
+    crd = upstream_crd()
     await k8s.ApiextensionsV1Api(kube_api_client).create_custom_resource_definition(crd)
     resource = await backend.apply(manifest("schema-checked", env=env_list({"K": "V"})))
     assert resource.metadata.uid

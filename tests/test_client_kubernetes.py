@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pathlib
 
 import pytest
 import torch
-import yaml
 
 from skytorch.client import (
     Cluster,
@@ -26,12 +24,12 @@ from skytorch.client import (
     log_event,
 )
 from tests.emulator import FakeOperator, KubeEmulator
+from tests.upstream import upstream_crd, upstream_schema
 
 pytestmark = pytest.mark.timeout(120)
 
 G, V = "compute.skytorch.dev", "v1alpha1"
 IMAGE = "ghcr.io/skytorch/server:test"
-CRD_PATH = pathlib.Path(__file__).resolve().parents[2] / "shared" / "compat" / "compute.skytorch.dev_computes.yaml"
 
 
 @pytest.fixture
@@ -97,11 +95,9 @@ def test_constructing_outside_a_loop_applies_with_server_side_apply(on_kube):
     assert body["spec"]["env"] == [{"name": "LOG_LEVEL", "value": "DEBUG"}, {"name": "CHUNK_SIZE", "value": "2097152"}]
     assert body["spec"]["resources"] == {"nvidia.com/gpu": "1", "memory": "8Gi"}
     assert body["metadata"]["labels"]["team"] == "ml" and body["metadata"]["annotations"] == {"note": "x"}
-    if CRD_PATH.is_file():
-        import jsonschema
+    import jsonschema
 
-        crd = yaml.safe_load(CRD_PATH.read_text())
-        jsonschema.Draft7Validator(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]).validate(body)
+    jsonschema.Draft7Validator(upstream_schema()).validate(body)
     resource = compute.resource
     assert resource is not None and resource.metadata.uid == stored(on_kube, "ssa")["metadata"]["uid"]
     first_rv = stored(on_kube, "ssa")["metadata"]["resourceVersion"]
@@ -405,9 +401,7 @@ async def test_cluster_deletes_every_compute_when_one_fails_to_become_ready(on_k
 
 async def test_full_lifecycle_against_the_upstream_crd(on_kube, fake_operator, server):
     """With the upstream CRD installed, every write of the client (and the operator's status) passes its schema."""
-    if not CRD_PATH.is_file():
-        pytest.skip(f"the upstream CRD is not beside the clone ({CRD_PATH})")
-    on_kube.create(yaml.safe_load(CRD_PATH.read_text()))
+    on_kube.create(upstream_crd())
     assert on_kube.store.find_type(G, V, "computes").schema is not None, "the emulator now validates with it"
     compute = Compute("upstream", image=IMAGE, host="127.0.0.1", port=server.port, env={"A": "1"},
                       labels={"team": "ml"}, annotations={"a": "b"}, command=["python"], args=["-m", "skytorch.server"],

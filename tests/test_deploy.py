@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from skytorch.resources import API_VERSION, GROUP, KIND, PLURAL, SINGULAR, VERSION
+from tests.upstream import upstream_crd
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 CRD_PATH = DEPLOY / "crds" / "compute.skytorch.dev_computes.yaml"
-UPSTREAM_CRD = pathlib.Path("/work/shared/compat/compute.skytorch.dev_computes.yaml")
 K8S_VERSION = "1.37.0"
 
 
@@ -55,10 +55,7 @@ def crd() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def upstream() -> dict[str, Any]:
-    if not UPSTREAM_CRD.exists():
-        pytest.fail(f"the upstream reference CRD {UPSTREAM_CRD} is missing; it ships with the project's shared files")
-    (doc,) = _documents(UPSTREAM_CRD)
-    return doc
+    return upstream_crd()
 
 
 @pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
