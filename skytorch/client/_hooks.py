@@ -30,10 +30,21 @@ compute_created: list[Callable[["Compute"], None]] = []
 _kernel_integration_tried = False
 
 
+def in_kernel() -> bool:
+    """Whether this process is a running Jupyter kernel.
+
+    Having imported ``ipykernel`` is not enough (a test runner or nbclient does
+    that too): the kernel application must have been started. Nothing is
+    imported to find out.
+    """
+    kernelapp = sys.modules.get("ipykernel.kernelapp")
+    return bool(kernelapp is not None and kernelapp.IPKernelApp.initialized())
+
+
 def maybe_install_kernel_integration() -> None:
     """Inside a Jupyter kernel, load the notebook lifecycle once (a no-op elsewhere)."""
     global _kernel_integration_tried
-    if _kernel_integration_tried or "ipykernel" not in sys.modules:
+    if _kernel_integration_tried or not in_kernel():
         return
     _kernel_integration_tried = True
     try:
