@@ -31,7 +31,7 @@ import os
 import pathlib
 import threading
 from types import SimpleNamespace
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
 import aiohttp
 import yaml
@@ -43,6 +43,7 @@ from kubernetes_asyncio.config import kube_config
 
 from skytorch.backends.base import Backend
 from skytorch.errors import BackendError, KubernetesApiError
+from skytorch.kube import read_json, status_body
 from skytorch.resources import (
     API_VERSION,
     CLIENT_FIELD_MANAGER,
@@ -73,6 +74,19 @@ _BACKOFF_MAX = 5.0
 
 class _Expired(Exception):
     """The watch's resourceVersion is too old (410 Gone): read afresh."""
+
+
+class _Wording(NamedTuple):
+    """How the logs of one list-then-watch stream name what it lists and watches."""
+
+    listing: str  # "<listing> <namespace/name> got HTTP 503; retrying ..."
+    watch: str  # "<watch> <namespace/name> dropped ...; resuming ..."
+    afresh: str  # what it does after a 410 Gone
+
+
+_COMPUTE_WORDING = _Wording("Reading Compute", "Watch of Compute", "reading it afresh")
+_EVENTS_WORDING = _Wording("Listing the Events of Compute", "Event watch of Compute", "listing afresh")
+_T = TypeVar("_T")
 
 
 class KubernetesBackend(Backend):
@@ -143,14 +157,11 @@ class KubernetesBackend(Backend):
                 f"({type(exc).__name__}: {exc}). Check the cluster address and your network.",
                 compute=self._who(name))
         status = exc.status
-        reason, message = exc.reason, ""
-        try:
-            body = json.loads(exc.body) if exc.body else {}
-            if isinstance(body, dict):
-                reason = body.get("reason") or reason
-                message = body.get("message") or ""
-        except (TypeError, ValueError):
-            message = str(exc.body or "")
+        body = status_body(exc)
+        if body is None:  # not JSON: show what the server sent
+            reason, message = exc.reason, str(exc.body or "")
+        else:
+            reason, message = body.get("reason") or exc.reason, body.get("message") or ""
         api_says = f": {message}" if message else ""
         if status == 403:
             text = (f"Forbidden (RBAC): the Kubernetes API refused to {verb} {what}{api_says}. "
@@ -173,18 +184,6 @@ class KubernetesBackend(Backend):
             text = f"The Kubernetes API answered HTTP {status} {reason} to {verb} {what}{api_says}"
         return KubernetesApiError(text, compute=self._who(name), status=status, reason=reason)
 
-    async def _raw_json(self, response: aiohttp.ClientResponse) -> Any:
-        """The JSON body of a response read with ``_preload_content=False``; raise ``ApiException`` on errors."""
-        try:
-            data = await response.read()
-        finally:
-            response.release()
-        if not 200 <= response.status <= 299:
-            exc = ApiException(status=response.status, reason=response.reason)
-            exc.body = data.decode("utf-8", "replace")
-            raise exc
-        return json.loads(data) if data else None
-
     # ------------------------------------------------------------ Backend
 
     async def apply(self, manifest: Mapping[str, Any]) -> ComputeResource:
@@ -202,7 +201,7 @@ class KubernetesBackend(Backend):
             response = await self._objects().patch_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, name, body, field_manager=CLIENT_FIELD_MANAGER, force=True,
                 _content_type=APPLY_PATCH, _preload_content=False, _request_timeout=self._timeout())
-            data = await self._raw_json(response)
+            data = await read_json(response)
         except (ApiException, aiohttp.ClientError, OSError) as exc:
             raise self._error(exc, "patch", name) from exc
         return ComputeResource.from_dict(data)
@@ -257,7 +256,7 @@ class KubernetesBackend(Backend):
         """Decode one watch response into ``(type, raw object)``; ERROR 410 raises :class:`_Expired`."""
         try:
             if response.status != 200:
-                await self._raw_json(response)  # raises the ApiException
+                await read_json(response)  # raises the ApiException
             async for line in response.content:
                 if not line.strip():
                     continue
@@ -280,80 +279,116 @@ class KubernetesBackend(Backend):
     def _watch_timeouts(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(sock_connect=30, sock_read=self.watch_timeout + 30)
 
-    async def watch(self, name: str) -> AsyncIterator[ComputeResource | None]:  # type: ignore[override]
-        """Yield the Compute now (``None`` if absent), then each change; resumes after 410 and dropped connections."""
-        last: str | None = "unset"  # resourceVersion of what the caller saw last ("" for None)
+    async def _list_then_watch(
+            self, name: str, *, list_call: Callable[[], Awaitable[dict[str, Any]]],
+            watch_call: Callable[[str | None], Awaitable[aiohttp.ClientResponse]],
+            on_list: Callable[[dict[str, Any]], Iterator[_T]], on_event: Callable[[str, dict[str, Any]], Iterator[_T]],
+            list_verb: str, resource: str, wording: _Wording) -> AsyncIterator[_T]:
+        """List, then watch from the list's resourceVersion; yield what ``on_list``/``on_event`` make of it.
+
+        ``list_call()`` returns the list as a dict; ``watch_call(rv)`` opens a watch
+        response from ``rv``. ``on_list(list)`` and ``on_event(type, raw object)``
+        are generators that decide what the caller sees (and so that nothing is
+        seen twice). The watch is renewed from the last resourceVersion when the
+        server ends it; an expired version (410 Gone) is listed afresh; a transient
+        status (:data:`_TRANSIENT_STATUS`) or a dropped connection is ridden out
+        with exponential backoff, which any event received (a BOOKMARK too) resets;
+        any other API error raises :meth:`_error` (``list_verb`` for the list,
+        ``watch`` for the watch, on ``resource``). ``on_event`` runs inside that
+        handling (a ``ValueError`` there drops the watch and resumes it); ``on_list``
+        does not.
+        """
         backoff = _BACKOFF_FIRST
-        selector = f"metadata.name={name}"
         while True:
             try:
-                data = await self._objects().list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, field_selector=selector, _request_timeout=self._timeout())
+                data = await list_call()
             except ApiException as exc:
                 if exc.status not in _TRANSIENT_STATUS:
-                    raise self._error(exc, "get", name) from exc
-                logger.warning("Reading Compute %s got HTTP %s; retrying in %.1fs", self._who(name), exc.status, backoff)
+                    raise self._error(exc, list_verb, name, resource=resource) from exc
+                logger.warning(f"{wording.listing} %s got HTTP %s; retrying in %.1fs",
+                               self._who(name), exc.status, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                logger.warning("Reading Compute %s failed (%s); retrying in %.1fs", self._who(name), exc, backoff)
+                logger.warning(f"{wording.listing} %s failed (%s); retrying in %.1fs", self._who(name), exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
+            for item in on_list(data):
+                yield item
+            rv = (data.get("metadata") or {}).get("resourceVersion")
+            # Watch from rv until it expires; renew quietly when the server ends a watch.
+            while True:
+                try:
+                    response = await watch_call(rv)
+                    async with contextlib.aclosing(self._stream(response, name, resource=resource)) as stream:
+                        async for etype, raw in stream:
+                            rv = (raw.get("metadata") or {}).get("resourceVersion") or rv
+                            for item in on_event(etype, raw):
+                                yield item
+                            backoff = _BACKOFF_FIRST
+                except _Expired:
+                    logger.debug(f"{wording.watch} %s expired (410 Gone); {wording.afresh}", self._who(name))
+                    break
+                except ApiException as exc:
+                    if exc.status == 410:
+                        break
+                    if exc.status not in _TRANSIENT_STATUS:
+                        raise self._error(exc, "watch", name, resource=resource) from exc
+                    logger.warning(f"{wording.watch} %s got HTTP %s; retrying in %.1fs",
+                                   self._who(name), exc.status, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+                    logger.info(f"{wording.watch} %s dropped (%s: %s); resuming in %.1fs",
+                                self._who(name), type(exc).__name__, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def watch(self, name: str) -> AsyncIterator[ComputeResource | None]:
+        """Yield the Compute now (``None`` if absent), then each change; resumes after 410 and dropped connections."""
+        last: str | None = "unset"  # resourceVersion of what the caller saw last ("" for None)
+        selector = f"metadata.name={name}"
+
+        def list_call() -> Awaitable[dict[str, Any]]:
+            return self._objects().list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, field_selector=selector, _request_timeout=self._timeout())
+
+        def watch_call(rv: str | None) -> Awaitable[aiohttp.ClientResponse]:
+            return self._objects().list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, field_selector=selector, watch=True,
+                resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout,
+                _preload_content=False, _request_timeout=self._watch_timeouts())
+
+        def on_list(data: dict[str, Any]) -> Iterator[ComputeResource | None]:
+            nonlocal last
             items = data.get("items") or []
             current = ComputeResource.from_dict(items[0]) if items else None
             seen = current.metadata.resource_version if current else ""
             if seen != last:
                 last = seen
                 yield current
-            rv = (data.get("metadata") or {}).get("resourceVersion")
-            # Watch from rv until it expires; renew quietly when the server ends a watch.
-            while True:
-                try:
-                    response = await self._objects().list_namespaced_custom_object(
-                        GROUP, VERSION, self.namespace, PLURAL, field_selector=selector, watch=True,
-                        resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout,
-                        _preload_content=False, _request_timeout=self._watch_timeouts())
-                    async with contextlib.aclosing(self._stream(response, name)) as stream:
-                        async for etype, obj in stream:
-                            rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                            if etype == "BOOKMARK":
-                                continue
-                            if etype == "DELETED":
-                                if last != "":
-                                    last = ""
-                                    yield None
-                            elif etype in ("ADDED", "MODIFIED"):
-                                resource = ComputeResource.from_dict(obj)
-                                if resource.metadata.resource_version != last:
-                                    last = resource.metadata.resource_version
-                                    yield resource
-                            backoff = _BACKOFF_FIRST
-                except _Expired:
-                    logger.debug("Watch of Compute %s expired (410 Gone); reading it afresh", self._who(name))
-                    break
-                except ApiException as exc:
-                    if exc.status == 410:
-                        break
-                    if exc.status not in _TRANSIENT_STATUS:
-                        raise self._error(exc, "watch", name) from exc
-                    logger.warning("Watch of Compute %s got HTTP %s; retrying in %.1fs",
-                                   self._who(name), exc.status, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
-                    logger.info("Watch of Compute %s dropped (%s: %s); resuming in %.1fs",
-                                self._who(name), type(exc).__name__, exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    async def events(self, name: str) -> AsyncIterator[Any]:  # type: ignore[override]
+        def on_event(etype: str, obj: dict[str, Any]) -> Iterator[ComputeResource | None]:
+            nonlocal last
+            if etype == "DELETED":
+                if last != "":
+                    last = ""
+                    yield None
+            elif etype in ("ADDED", "MODIFIED"):
+                resource = ComputeResource.from_dict(obj)
+                if resource.metadata.resource_version != last:
+                    last = resource.metadata.resource_version
+                    yield resource
+
+        return self._list_then_watch(name, list_call=list_call, watch_call=watch_call, on_list=on_list,
+                                     on_event=on_event, list_verb="get", resource=_RESOURCE, wording=_COMPUTE_WORDING)
+
+    def events(self, name: str) -> AsyncIterator[Any]:
         """Yield each Event about this Compute as a ``CoreV1Event``, existing ones first, none twice."""
         selector = f"involvedObject.kind={KIND},involvedObject.name={name},involvedObject.namespace={self.namespace}"
         seen: dict[str, Any] = {}  # uid -> count (an Event object repeated later bumps its count)
-        backoff = _BACKOFF_FIRST
-        resource = "events"
 
         def fresh(raw: dict[str, Any]) -> bool:
             uid = (raw.get("metadata") or {}).get("uid") or (raw.get("metadata") or {}).get("name")
@@ -375,59 +410,28 @@ class KubernetesBackend(Backend):
                 rv = 0
             return (str(stamp), rv)
 
-        while True:
-            core = k8s.CoreV1Api(self._api_client())
-            try:
-                response = await core.list_namespaced_event(self.namespace, field_selector=selector,
-                                                            _preload_content=False, _request_timeout=self._timeout())
-                data = await self._raw_json(response)
-            except ApiException as exc:
-                if exc.status not in _TRANSIENT_STATUS:
-                    raise self._error(exc, "list", name, resource=resource) from exc
-                logger.warning("Listing the Events of Compute %s got HTTP %s; retrying in %.1fs",
-                               self._who(name), exc.status, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                continue
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                logger.warning("Listing the Events of Compute %s failed (%s); retrying in %.1fs",
-                               self._who(name), exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                continue
+        async def list_call() -> dict[str, Any]:
+            response = await k8s.CoreV1Api(self._api_client()).list_namespaced_event(
+                self.namespace, field_selector=selector, _preload_content=False, _request_timeout=self._timeout())
+            return await read_json(response)
+
+        def watch_call(rv: str | None) -> Awaitable[aiohttp.ClientResponse]:
+            return k8s.CoreV1Api(self._api_client()).list_namespaced_event(
+                self.namespace, field_selector=selector, watch=True, resource_version=rv,
+                allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout, _preload_content=False,
+                _request_timeout=self._watch_timeouts())
+
+        def on_list(data: dict[str, Any]) -> Iterator[Any]:
             for raw in sorted(data.get("items") or [], key=order):
                 if fresh(raw):
                     yield decode(raw)
-            rv = (data.get("metadata") or {}).get("resourceVersion")
-            while True:
-                try:
-                    response = await core.list_namespaced_event(
-                        self.namespace, field_selector=selector, watch=True, resource_version=rv,
-                        allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout, _preload_content=False,
-                        _request_timeout=self._watch_timeouts())
-                    async with contextlib.aclosing(self._stream(response, name, resource=resource)) as stream:
-                        async for etype, raw in stream:
-                            rv = (raw.get("metadata") or {}).get("resourceVersion") or rv
-                            if etype in ("ADDED", "MODIFIED") and fresh(raw):
-                                yield decode(raw)
-                            backoff = _BACKOFF_FIRST
-                except _Expired:
-                    logger.debug("Event watch of Compute %s expired (410 Gone); listing afresh", self._who(name))
-                    break
-                except ApiException as exc:
-                    if exc.status == 410:
-                        break
-                    if exc.status not in _TRANSIENT_STATUS:
-                        raise self._error(exc, "watch", name, resource=resource) from exc
-                    logger.warning("Event watch of Compute %s got HTTP %s; retrying in %.1fs",
-                                   self._who(name), exc.status, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
-                    logger.info("Event watch of Compute %s dropped (%s: %s); resuming in %.1fs",
-                                self._who(name), type(exc).__name__, exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
+
+        def on_event(etype: str, raw: dict[str, Any]) -> Iterator[Any]:
+            if etype in ("ADDED", "MODIFIED") and fresh(raw):
+                yield decode(raw)
+
+        return self._list_then_watch(name, list_call=list_call, watch_call=watch_call, on_list=on_list,
+                                     on_event=on_event, list_verb="list", resource="events", wording=_EVENTS_WORDING)
 
 
 # ---------------------------------------------------------------- configuration

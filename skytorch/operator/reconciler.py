@@ -8,7 +8,6 @@ go through ``kubernetes_asyncio`` and return plain dicts.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, Mapping
 
@@ -16,6 +15,7 @@ import kopf
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from skytorch.kube import read_json, status_body
 from skytorch.operator import manifests
 from skytorch.operator.manifests import InvalidComputeSpec
 from skytorch.operator.settings import OperatorConfig
@@ -170,14 +170,14 @@ class Reconciler:
     async def _apply(self, patch: Any, body: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of ``body`` with ``patch`` (a ``patch_namespaced_*`` method), as the operator."""
         meta = body["metadata"]
-        return await _json(await patch(meta["name"], meta["namespace"], body, field_manager=OPERATOR_FIELD_MANAGER,
-                                       force=True, _content_type="application/apply-patch+yaml",
-                                       _preload_content=False))
+        return await read_json(await patch(meta["name"], meta["namespace"], body,
+                                           field_manager=OPERATOR_FIELD_MANAGER, force=True,
+                                           _content_type="application/apply-patch+yaml", _preload_content=False))
 
     async def _read_statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await _json(await self._apps.read_namespaced_stateful_set(name, namespace,
-                                                                             _preload_content=False))
+            return await read_json(await self._apps.read_namespaced_stateful_set(name, namespace,
+                                                                                 _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -213,24 +213,7 @@ def _controller_owner(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-async def _json(response: Any) -> dict[str, Any]:
-    """The JSON body of a raw (``_preload_content=False``) response; ApiException unless it is a 2xx."""
-    try:
-        data = await response.read()
-    finally:
-        response.release()
-    if not 200 <= response.status <= 299:
-        exc = ApiException(status=response.status, reason=response.reason)
-        exc.body = data.decode("utf-8", "replace")
-        raise exc
-    return json.loads(data)
-
-
 def _api_message(exc: ApiException) -> str:
     """The API's own explanation of an error (its Status message), else the HTTP reason."""
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        body = {}
-    message = body.get("message") if isinstance(body, dict) else None
+    message = (status_body(exc) or {}).get("message")
     return f"{exc.status} {message or exc.reason}"
