@@ -131,19 +131,17 @@ def statefulset(compute: Mapping[str, Any], config: OperatorConfig) -> dict[str,
     meta = compute["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     spec = compute.get("spec") or {}
-    where = f"{namespace}/{name}"
-    check = _Checker(where)
+    check = _Checker(f"{namespace}/{name}")
 
     image = spec.get("image", None)
     if image is None:
         image = config.server_image
     elif not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
-        raise InvalidComputeSpec(f"Compute {where}: spec.image {image!r} is not a container image reference; "
-                                 "set an image or leave the field out to use the operator's default",
-                                 compute=where, reason="InvalidImage")
+        raise check.fail("spec.image", f"{image!r} is not a container image reference; set an image or leave "
+                         "the field out to use the operator's default", reason="InvalidImage")
 
-    labels = resource_labels(compute)
     check.labels("spec.labels", spec.get("labels"))
+    labels = resource_labels(compute)
     annotations = check.string_map("spec.annotations", spec.get("annotations"))
     override = check.mapping("spec.override", spec.get("override"))
 
@@ -174,8 +172,8 @@ def statefulset(compute: Mapping[str, Any], config: OperatorConfig) -> dict[str,
     for i, claim in enumerate(claims):
         claim_name = ((claim.get("metadata") or {}).get("name"))
         if not isinstance(claim_name, str) or not _DNS_SUBDOMAIN_RE.match(claim_name):
-            raise InvalidComputeSpec(f"Compute {where}: spec.volumeClaimTemplates[{i}].metadata.name "
-                                     f"{claim_name!r} must be a DNS subdomain name", compute=where)
+            raise check.fail(f"spec.volumeClaimTemplates[{i}].metadata.name",
+                             f"{claim_name!r} must be a DNS subdomain name")
         claim_names.append(claim_name)
 
     pod_spec: dict[str, Any] = {"containers": [container]}
@@ -186,30 +184,26 @@ def statefulset(compute: Mapping[str, Any], config: OperatorConfig) -> dict[str,
 
     for i, item in enumerate(check.named_list("spec.override.containers", override.get("containers"))):
         if item["name"] != CONTAINER_NAME:
-            raise InvalidComputeSpec(
-                f"Compute {where}: spec.override.containers[{i}].name {item['name']!r} matches no container; "
-                f"a Compute's pod has one container, {CONTAINER_NAME!r}", compute=where, reason="InvalidOverride")
+            raise check.fail(f"spec.override.containers[{i}].name", f"{item['name']!r} matches no container; "
+                             f"a Compute's pod has one container, {CONTAINER_NAME!r}")
         extra_env = check.named_list(f"spec.override.containers[{i}].env", item.get("env"))
         container["env"] = _merge_by_name(env, extra_env)
         mounts = check.named_list(f"spec.override.containers[{i}].volumeMounts", item.get("volumeMounts"))
         for j, mount in enumerate(mounts):
             if mount["name"] not in volume_names:
-                raise InvalidComputeSpec(
-                    f"Compute {where}: spec.override.containers[{i}].volumeMounts[{j}] mounts volume "
-                    f"{mount['name']!r}, which is neither in spec.override.volumes nor in "
-                    "spec.volumeClaimTemplates", compute=where, reason="InvalidOverride")
+                raise check.fail(f"spec.override.containers[{i}].volumeMounts[{j}]",
+                                 f"mounts volume {mount['name']!r}, which is neither in spec.override.volumes "
+                                 "nor in spec.volumeClaimTemplates")
             if not isinstance(mount.get("mountPath"), str) or not mount["mountPath"].startswith("/"):
-                raise InvalidComputeSpec(
-                    f"Compute {where}: spec.override.containers[{i}].volumeMounts[{j}].mountPath must be an "
-                    f"absolute path, got {mount.get('mountPath')!r}", compute=where, reason="InvalidOverride")
+                raise check.fail(f"spec.override.containers[{i}].volumeMounts[{j}].mountPath",
+                                 f"must be an absolute path, got {mount.get('mountPath')!r}")
         if mounts:
             container["volumeMounts"] = mounts
     container.setdefault("env", env)
     init_overrides = check.named_list("spec.override.initContainers", override.get("initContainers"))
     if init_overrides:
-        raise InvalidComputeSpec(
-            f"Compute {where}: spec.override.initContainers names {init_overrides[0]['name']!r}, but a "
-            "Compute's pod has no init containers", compute=where, reason="InvalidOverride")
+        raise check.fail("spec.override.initContainers", f"names {init_overrides[0]['name']!r}, but a "
+                         "Compute's pod has no init containers")
 
     pod_overrides = (("nodeSelector", check.string_map), ("tolerations", check.list_of_mappings),
                      ("affinity", check.mapping), ("imagePullSecrets", check.named_list),
@@ -221,8 +215,7 @@ def statefulset(compute: Mapping[str, Any], config: OperatorConfig) -> dict[str,
     account = override.get("serviceAccountName")
     if account is not None:
         if not isinstance(account, str) or not _DNS_SUBDOMAIN_RE.match(account):
-            raise InvalidComputeSpec(f"Compute {where}: spec.override.serviceAccountName {account!r} is not a "
-                                     "valid ServiceAccount name", compute=where, reason="InvalidOverride")
+            raise check.fail("spec.override.serviceAccountName", f"{account!r} is not a valid ServiceAccount name")
         pod_spec["serviceAccountName"] = account
 
     template_meta: dict[str, Any] = {"labels": labels}

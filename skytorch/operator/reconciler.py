@@ -60,8 +60,8 @@ class Reconciler:
         where = f"{key[0]}/{key[1]}"
         async with self._lock(key):
             try:
+                sts = manifests.statefulset(compute, self.config)  # checks the spec first
                 svc = manifests.service(compute)
-                sts = manifests.statefulset(compute, self.config)
             except InvalidComputeSpec as exc:
                 await self._fail(compute, Failure(exc.reason, str(exc)))
                 return
