@@ -456,9 +456,7 @@ async def collect_garbage(*, dry_run: bool = False, any_host: bool = False) -> l
     """
     from skytorch.client import current_backend
 
-    backend = current_backend()
-    if asyncio.iscoroutine(backend):
-        backend = await backend
+    backend = await current_backend()
     orphans = find_orphans(await backend.list(KERNEL_LABEL), any_host=any_host)
     if not dry_run:
         for orphan in orphans:

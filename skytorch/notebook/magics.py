@@ -239,9 +239,9 @@ class SkyTorchMagics(Magics):
         if missing:
             if action == "delete":
                 async def delete_by_name() -> list[str]:
-                    from skytorch.notebook.widgets import _backend
+                    from skytorch.client import current_backend
 
-                    backend = await _backend()
+                    backend = await current_backend()
                     return [n for n in missing if not await backend.delete(n)]
 
                 missing = _run(delete_by_name())

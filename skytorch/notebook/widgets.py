@@ -15,7 +15,6 @@ renders and front ends without a widget manager.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import html
 import logging
@@ -481,8 +480,9 @@ class _Row(widgets.HBox):
                 name = self.name
 
                 async def delete() -> None:
-                    backend = await _backend()
-                    await backend.delete(name)
+                    from skytorch.client import current_backend
+
+                    await (await current_backend()).delete(name)
 
                 _run(delete)
                 self.dashboard.remove_row(self.name)
@@ -500,15 +500,6 @@ class _Row(widgets.HBox):
             except Exception:  # pragma: no cover
                 pass
             self._unsubscribe = None
-
-
-async def _backend() -> Any:
-    from skytorch.client import current_backend
-
-    backend = current_backend()
-    if asyncio.iscoroutine(backend):
-        backend = await backend
-    return backend
 
 
 class ClusterDashboard(widgets.VBox):
@@ -686,12 +677,11 @@ def dashboard(all: bool = False) -> ClusterDashboard:  # noqa: A002 - the issue 
         _start_watch(compute)
     resources: list[Any] = []
     if all:
+        from skytorch.client import current_backend
+
         async def listing() -> list[Any]:
-            backend = await _backend()
-            return await backend.list()
+            return await (await current_backend()).list()
 
-        from skytorch.client._sync import run_sync
-
-        resources = run_sync(listing())
+        resources = _run(listing)
     title = "All SkyTorch Computes" if all else "This kernel's Computes"
     return ClusterDashboard(own, resources=resources, follow_registry=True, title=title)
