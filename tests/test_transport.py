@@ -177,6 +177,19 @@ async def test_handler_exception_becomes_an_error_and_the_server_lives_on(tensor
         assert torch.equal(out[0], torch.ones(2))
 
 
+@pytest.mark.parametrize(("result", "match"), [
+    (lambda t: t.to_sparse(), "has layout torch.sparse_coo"),
+    (lambda t: [t], "is a list, not a torch.Tensor"),
+], ids=["sparse", "list"])
+async def test_unsendable_handler_result_is_a_handler_error_naming_the_tensor(tensor_server_factory, result,
+                                                                               match: str) -> None:
+    server = await tensor_server_factory(handler=lambda tensor, metadata: result(tensor))
+    async with TensorClient("127.0.0.1", server.port) as client:
+        with pytest.raises(RemoteHandlerError, match=f"handler result for tensor '[0-9a-f]+' {match}") as info:
+            await client.stream_tensors(torch.ones(3))
+        assert info.value.status is Status.INTERNAL
+
+
 async def test_unsupported_tensor_is_refused_before_sending(tensor_client: TensorClient,
                                                             tensor_server: TensorServer) -> None:
     with pytest.raises(UnsupportedTensorError, match="sparse"):

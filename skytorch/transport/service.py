@@ -21,6 +21,7 @@ from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
+from skytorch.errors import UnsupportedTensorError
 from skytorch.transport._proto.skytorch.v1 import (
     ReceiveTensorsRequest,
     SendTensorsResponse,
@@ -33,6 +34,7 @@ from skytorch.transport.codec import (
     Assembled,
     ChunkError,
     TensorAssembler,
+    check_sendable,
     iter_chunks,
     tensor_nbytes,
 )
@@ -336,14 +338,11 @@ class TensorService:
                         Status.INTERNAL,
                         f"handler failed on tensor {done.tensor_id!r}: {type(exc).__name__}: {exc}",
                     ) from None
-                if not isinstance(result, torch.Tensor):
-                    raise GRPCError(Status.INTERNAL,
-                                    f"handler returned {type(result).__name__} for tensor {done.tensor_id!r}, "
-                                    "not a torch.Tensor")
                 try:
-                    await self._send_tensor(stream, done.tensor_id, result, done.metadata)
-                except TypeError as exc:  # UnsupportedTensorError from the handler's result
-                    raise GRPCError(Status.INTERNAL, f"handler result for tensor {done.tensor_id!r}: {exc}") from None
+                    check_sendable(result, f"handler result for tensor {done.tensor_id!r}")
+                except UnsupportedTensorError as exc:
+                    raise GRPCError(Status.INTERNAL, str(exc)) from None
+                await self._send_tensor(stream, done.tensor_id, result, done.metadata)
             assembler.finish()
 
     def __mapping__(self) -> dict[str, Handler]:
