@@ -65,10 +65,9 @@ class Reconciler:
             except InvalidComputeSpec as exc:
                 await self._fail(compute, Failure(exc.reason, str(exc)))
                 return
-            existed = await self._read_statefulset(*key) is not None
             try:
                 await self._apply(self._core.patch_namespaced_service, svc)
-                applied = await self._apply(self._apps.patch_namespaced_stateful_set, sts)
+                applied, created = await self._apply(self._apps.patch_namespaced_stateful_set, sts)
             except ApiException as exc:
                 if exc.status in _PERMANENT:
                     await self._fail(compute, Failure("ApplyFailed", f"Compute {where}: the API rejected its "
@@ -77,7 +76,7 @@ class Reconciler:
                 raise kopf.TemporaryError(f"Applying the children of Compute {where} failed: "
                                           f"{_api_message(exc)}", delay=2) from exc
             self._failures.pop(key, None)
-            if not existed:
+            if created:
                 self._event(compute, "Normal", "Created", f"Created StatefulSet {key[1]} and Service {key[1]}")
             await self._update_status(key, applied)
 
@@ -167,12 +166,15 @@ class Reconciler:
 
     # -- API calls ---------------------------------------------------------------------------
 
-    async def _apply(self, patch: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply of ``body`` with ``patch`` (a ``patch_namespaced_*`` method), as the operator."""
+    async def _apply(self, patch: Any, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Server-side apply of ``body`` with ``patch`` (a ``patch_namespaced_*`` method), as the operator.
+
+        Returns the object and whether this apply created it (the API answers 201 Created then).
+        """
         meta = body["metadata"]
-        return await read_json(await patch(meta["name"], meta["namespace"], body,
-                                           field_manager=OPERATOR_FIELD_MANAGER, force=True,
-                                           _content_type="application/apply-patch+yaml", _preload_content=False))
+        response = await patch(meta["name"], meta["namespace"], body, field_manager=OPERATOR_FIELD_MANAGER,
+                               force=True, _content_type="application/apply-patch+yaml", _preload_content=False)
+        return await read_json(response), response.status == 201
 
     async def _read_statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
