@@ -142,6 +142,11 @@ def dtype_name(dtype: torch.dtype) -> str:
         raise UnsupportedTensorError(f"dtype {dtype} cannot be sent: supported dtypes are {', '.join(DTYPES)}") from None
 
 
+def tensor_nbytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor occupies on the wire."""
+    return tensor.numel() * tensor.element_size()
+
+
 def check_sendable(tensor: object, name: str = "tensor") -> torch.Tensor:
     """Raise :class:`~skytorch.errors.UnsupportedTensorError` (a ``TypeError``) unless ``tensor`` is plain memory."""
     if not isinstance(tensor, torch.Tensor):
@@ -164,7 +169,7 @@ def byte_view(tensor: torch.Tensor) -> memoryview:
     The view keeps the tensor alive (a transport may buffer it after a send
     returns).
     """
-    nbytes = tensor.numel() * tensor.element_size()
+    nbytes = tensor_nbytes(tensor)
     if nbytes == 0:
         return memoryview(b"")
     if not tensor.is_contiguous() or tensor.device.type != "cpu":
@@ -192,7 +197,7 @@ def advise_hugepages(tensor: torch.Tensor) -> None:
     fault per 4 KiB; with huge pages it is one per 2 MiB, which makes filling it
     several times faster. A hint only: silently does nothing where unsupported.
     """
-    nbytes = tensor.numel() * tensor.element_size()
+    nbytes = tensor_nbytes(tensor)
     if _libc is None or nbytes < _HUGEPAGE_MIN or tensor.device.type != "cpu":
         return
     address = tensor.data_ptr()
@@ -218,14 +223,9 @@ def make_header(tensor: torch.Tensor, metadata: Mapping[str, str] | None = None)
     return WireHeader(
         dtype=dtype_name(tensor.dtype),
         shape=list(tensor.shape),
-        nbytes=tensor.numel() * tensor.element_size(),
+        nbytes=tensor_nbytes(tensor),
         metadata=dict(metadata or {}),
     )
-
-
-def tensor_nbytes(tensor: torch.Tensor) -> int:
-    """Bytes a tensor occupies on the wire."""
-    return tensor.numel() * tensor.element_size()
 
 
 def iter_chunks(
@@ -298,7 +298,7 @@ def parse_header(tensor_id: str, header: WireHeader | TensorHeader, max_tensor_b
         raise ChunkError(Status.INVALID_ARGUMENT, f"tensor {tensor_id!r}: {len(shape)} dimensions, at most {MAX_DIMS}")
     if any(dim < 0 for dim in shape):
         raise ChunkError(Status.INVALID_ARGUMENT, f"tensor {tensor_id!r}: negative dimension in shape {shape}")
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     expected = math.prod(shape) * itemsize
     if header.nbytes != expected:
         raise ChunkError(

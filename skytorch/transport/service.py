@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -302,10 +303,7 @@ class TensorService:
         fill = params.get("fill", "randn")
         if fill not in FILLS:
             raise _invalid(f"unknown fill {fill!r}; accepted: {', '.join(FILLS)}")
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         if self.max_tensor_bytes is not None and nbytes > self.max_tensor_bytes:
             raise GRPCError(Status.RESOURCE_EXHAUSTED,
                             f"a generated tensor of shape {shape} ({nbytes} bytes) is over --max-tensor-bytes "
@@ -373,10 +371,7 @@ def _generate(shape: list[int], dtype: torch.dtype, fill: str) -> torch.Tensor:
     if fill == "ones":
         return torch.ones(shape, dtype=dtype)
     if fill == "arange":
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        return torch.arange(numel).to(dtype).reshape(shape)
+        return torch.arange(math.prod(shape)).to(dtype).reshape(shape)
     if dtype.is_floating_point or dtype.is_complex:
         try:
             return torch.randn(shape, dtype=dtype)
