@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import ipywidgets as widgets
 
+from skytorch.notebook import lifecycle
+
 if TYPE_CHECKING:  # pragma: no cover
     from skytorch.client import Cluster, Compute
     from skytorch.resources import ComputeResource
@@ -50,12 +52,7 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
 def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-
-        return getattr(get_ipython(), "kernel", None) is not None
-    except Exception:  # pragma: no cover
-        return False
+    return lifecycle._current_kernel() is not None
 
 
 def _run(coro_factory: Callable[[], Any]) -> Any:
@@ -540,9 +537,7 @@ class ClusterDashboard(widgets.VBox):
             if resource.metadata.name not in self.rows:
                 self._add_row(_Row(self, resource=resource), update=False)
         if follow_registry:
-            from skytorch.notebook.lifecycle import registry
-
-            self._remove_listener = registry().add_listener(self._on_registry)
+            self._remove_listener = lifecycle.registry().add_listener(self._on_registry)
         self._update()
 
     # rows -----------------------------------------------------------------
@@ -670,9 +665,7 @@ def dashboard(all: bool = False) -> ClusterDashboard:  # noqa: A002 - the issue 
     deleted; with ``all=True`` the other Computes of the namespace are listed
     once, when the dashboard is made.
     """
-    from skytorch.notebook.lifecycle import registry
-
-    own = registry().computes()
+    own = lifecycle.registry().computes()
     for compute in own:
         _start_watch(compute)
     resources: list[Any] = []
