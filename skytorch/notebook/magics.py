@@ -13,6 +13,7 @@ import ast
 import inspect
 import logging
 import os
+import shlex
 import sys
 from typing import Any, Sequence
 
@@ -135,8 +136,8 @@ def _help_text() -> str:
     line = build_line_parser()
     parts = [line.format_help().strip()]
     for action in line._subparsers._group_actions:  # type: ignore[union-attr]
-        for name, sub in action.choices.items():
-            parts.append(sub.format_help().replace("usage: %skytorch", "usage: %skytorch").strip())
+        for sub in action.choices.values():
+            parts.append(sub.format_help().strip())
     parts.append(build_cell_parser().format_help().strip())
     return "\n\n".join(parts)
 
@@ -183,8 +184,6 @@ class SkyTorchMagics(Magics):
 
     # ------------------------------------------------------------------ parsing
     def _parse(self, parser: _Parser, line: str) -> argparse.Namespace | None:
-        import shlex
-
         try:
             argv = shlex.split(line)
         except ValueError as exc:
