@@ -81,7 +81,10 @@ def suspended_condition(suspend: bool, previous: Condition | None) -> Condition 
 
 def merge_conditions(old: list[Condition], new: list[Condition], now: str | None = None,
                      generation: int | None = None) -> list[Condition]:
-    """``old`` updated by ``new`` by type; a condition whose status is unchanged keeps its transition time."""
+    """``old`` updated by ``new`` by type; a condition whose status is unchanged keeps its transition time.
+
+    Order: ``old``'s types where they were, then the new types (a dict keeps insertion order).
+    """
     now = now or now_rfc3339()
     by_type = {c.type: c for c in old}
     for cond in new:
@@ -92,8 +95,7 @@ def merge_conditions(old: list[Condition], new: list[Condition], now: str | None
             last_transition_time=before.last_transition_time if keep_time else now,  # type: ignore[union-attr]
             observed_generation=generation if generation is not None else cond.observed_generation,
         )
-    order = [c.type for c in old] + [c.type for c in new if c.type not in {o.type for o in old}]
-    return [by_type[t] for t in order]
+    return list(by_type.values())
 
 
 def desired_status(compute: Mapping[str, Any], statefulset: Mapping[str, Any] | None, *,
