@@ -125,8 +125,9 @@ def test_hand_encoding_matches_betterproto() -> None:
         (torch.nested.nested_tensor([torch.randn(2), torch.randn(3)]), "nested"),
         (torch.empty(3, device="meta"), "meta"),
         ([1, 2, 3], "not a torch.Tensor"),
+        (torch.empty(2, dtype=torch.bits8), "^tensor: dtype torch.bits8 cannot be sent"),
     ],
-    ids=["sparse", "quantized", "nested", "meta", "list"],
+    ids=["sparse", "quantized", "nested", "meta", "list", "dtype"],
 )
 def test_unsupported_tensors_get_a_clear_type_error(tensor: object, match: str) -> None:
     with pytest.raises(TypeError, match=match) as info:

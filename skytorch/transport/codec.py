@@ -159,7 +159,10 @@ def check_sendable(tensor: object, name: str = "tensor") -> torch.Tensor:
         raise UnsupportedTensorError(f"{name} is quantized: call .dequantize() or send .int_repr() before sending")
     if tensor.is_meta or tensor.device.type == "meta":
         raise UnsupportedTensorError(f"{name} is a meta tensor: it has no data to send")
-    dtype_name(tensor.dtype)
+    try:
+        dtype_name(tensor.dtype)
+    except UnsupportedTensorError as exc:
+        raise UnsupportedTensorError(f"{name}: {exc}") from None
     return tensor
 
 
