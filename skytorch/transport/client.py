@@ -39,10 +39,11 @@ from skytorch.errors import (
 from skytorch.transport._proto.skytorch.v1 import ReceiveTensorsRequest, SendTensorsResponse, TensorChunk
 from skytorch.transport._wire import FAST_SEND_MIN, TunedChannel, send_chunk
 from skytorch.transport.codec import (
+    ChunkError,
     TensorAssembler,
     check_sendable,
-    has_header,
     chunk_size_from_env,
+    has_header,
     iter_chunks,
     tensor_nbytes,
     validate_chunk_size,
@@ -279,8 +280,6 @@ class TensorClient:
                 yield tensor
 
     async def _receive_stream(self, stream: Stream, tracker: _Progress) -> AsyncIterator[torch.Tensor]:
-        from skytorch.transport.codec import ChunkError
-
         assembler = TensorAssembler()
         try:
             while (chunk := await stream.recv_message()) is not None:
