@@ -7,6 +7,11 @@ library exception, for mistakes a user can make.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # grpclib only for the annotation: importing skytorch.errors stays light
+    from grpclib.const import Status
+
 
 class SkyTorchError(Exception):
     """Base class of every SkyTorch error."""
@@ -62,7 +67,7 @@ class TransportError(SkyTorchError):
     the connection itself failed), ``target`` the ``host:port`` called.
     """
 
-    def __init__(self, message: str, *, status=None, target: str | None = None) -> None:
+    def __init__(self, message: str, *, status: Status | None = None, target: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.target = target
