@@ -52,6 +52,7 @@ from skytorch.resources import (
     PLURAL,
     VERSION,
     ComputeResource,
+    service_hostname,
     validate_name,
 )
 
@@ -247,7 +248,7 @@ class KubernetesBackend(Backend):
 
     def endpoint(self, name: str, port: int) -> tuple[str, int]:
         """``<name>.<namespace>.svc.cluster.local`` (the operator's Service) and ``port``."""
-        return f"{name}.{self.namespace}.svc.cluster.local", port
+        return service_hostname(name, self.namespace), port
 
     # ------------------------------------------------------------ streams
 

@@ -96,12 +96,6 @@ def owner_reference(compute: Mapping[str, Any]) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
-def service_hostname(compute: Mapping[str, Any], cluster_domain: str) -> str:
-    """The in-cluster DNS name of a Compute's Service."""
-    meta = compute["metadata"]
-    return f"{meta['name']}.{meta['namespace']}.svc.{cluster_domain.strip('.')}"
-
-
 def service(compute: Mapping[str, Any]) -> dict[str, Any]:
     """The Service named like the Compute: port 50051 named ``grpc``, selecting its pod."""
     meta = compute["metadata"]

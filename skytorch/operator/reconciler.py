@@ -20,7 +20,7 @@ from skytorch.operator import manifests
 from skytorch.operator.manifests import InvalidComputeSpec
 from skytorch.operator.settings import OperatorConfig
 from skytorch.operator.status import Failure, desired_status, transitions
-from skytorch.resources import GROUP, OPERATOR_FIELD_MANAGER, PLURAL, READY, SUSPENDED, VERSION
+from skytorch.resources import GROUP, OPERATOR_FIELD_MANAGER, PLURAL, READY, SUSPENDED, VERSION, service_hostname
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Reconciler:
             return
         old = compute.get("status") or {}
         new = desired_status(compute, statefulset, failure=self._failures.get(key),
-                             hostname=manifests.service_hostname(compute, self.config.cluster_domain))
+                             hostname=service_hostname(key[1], key[0], self.config.cluster_domain))
         if new == old:
             return
         try:

@@ -23,6 +23,7 @@ import os
 from typing import Mapping
 
 from skytorch.errors import SkyTorchError
+from skytorch.resources import DEFAULT_CLUSTER_DOMAIN
 
 DEFAULT_SERVER_IMAGE = "skytorch-server:latest"
 
@@ -40,7 +41,7 @@ class OperatorConfig:
     #: Namespaces to watch; empty means every namespace (cluster-wide).
     namespaces: tuple[str, ...] = ()
     #: Cluster DNS domain for ``status.addresses``.
-    cluster_domain: str = "cluster.local"
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     #: A kubeconfig file to log in with; ``None``: in-cluster, then ``KUBECONFIG``/``~/.kube/config``.
     kubeconfig: str | None = None
     #: kopf's liveness endpoint (``http://host:port/path``), or ``None``.

@@ -26,6 +26,8 @@ OPERATOR_FIELD_MANAGER = "skytorch-operator"
 
 #: Default gRPC port of a Compute's tensor server.
 DEFAULT_PORT = 50051
+#: Cluster DNS domain of in-cluster Service names, unless configured otherwise.
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
 #: Condition types.
 READY = "Ready"
@@ -50,6 +52,11 @@ def validate_name(name: object) -> str:
             "start with a letter and end with a letter or digit"
         )
     return name
+
+
+def service_hostname(name: str, namespace: str, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> str:
+    """The in-cluster DNS name of a Compute's Service (the operator names it like the Compute)."""
+    return f"{name}.{namespace}.svc.{cluster_domain.strip('.')}"
 
 
 def now_rfc3339() -> str:
