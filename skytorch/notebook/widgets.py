@@ -113,6 +113,33 @@ def badge_html(state: str) -> str:
     )
 
 
+#: Icon of each action button (Font Awesome names).
+_ICONS = {"suspend": "pause", "resume": "play", "delete": "trash"}
+#: States in which a Compute can be suspended.
+_SUSPENDABLE = ("Applying", "Pending", "Ready", "Failed")
+
+
+def _action_buttons(name: str, act: Callable[[str], None], *, icons: bool = True,
+                    width: str | None = None) -> list[widgets.Button]:
+    """Suspend, Resume and Delete buttons for the Compute ``name``; a click calls ``act(action)``."""
+    buttons = []
+    for action, icon in _ICONS.items():
+        button = widgets.Button(description=action.title(), tooltip=f"{action.title()} {name}",
+                                icon=icon if icons else "", button_style="danger" if action == "delete" else "",
+                                layout=widgets.Layout(width=width) if width else widgets.Layout())
+        button.on_click(lambda _b, action=action: act(action))
+        buttons.append(button)
+    return buttons
+
+
+def _enable_actions(buttons: Sequence[widgets.Button], state: str, *, own: bool = True) -> None:
+    """Enable the buttons of :func:`_action_buttons` that apply in ``state`` (suspend/resume only ``own``)."""
+    suspend, resume, delete = buttons
+    suspend.disabled = not own or state not in _SUSPENDABLE
+    resume.disabled = not own or state != "Suspended"
+    delete.disabled = state == "Deleted"
+
+
 def _event_field(event: Any, *names: str) -> Any:
     for name in names:
         value = getattr(event, name, None)
@@ -266,15 +293,10 @@ class ComputeWidget(widgets.VBox):
         self.progress_label = widgets.HTML()
         self.progress_box = widgets.HBox([self.progress, self.progress_label],
                                          layout=widgets.Layout(display="none"))
-        self.suspend_button = widgets.Button(description="Suspend", icon="pause", tooltip=f"Suspend {compute.name}")
-        self.resume_button = widgets.Button(description="Resume", icon="play", tooltip=f"Resume {compute.name}")
-        self.delete_button = widgets.Button(description="Delete", icon="trash", button_style="danger",
-                                            tooltip=f"Delete {compute.name}")
+        self.buttons = _action_buttons(compute.name, self.act)
+        self.suspend_button, self.resume_button, self.delete_button = self.buttons
         self.message = widgets.HTML()
-        self.suspend_button.on_click(lambda _b: self.act("suspend"))
-        self.resume_button.on_click(lambda _b: self.act("resume"))
-        self.delete_button.on_click(lambda _b: self.act("delete"))
-        buttons = widgets.HBox([self.suspend_button, self.resume_button, self.delete_button, self.message])
+        buttons = widgets.HBox([*self.buttons, self.message])
         events_box = widgets.VBox([widgets.HTML("<b>Events</b> (newest first)"), self.events])
         super().__init__(
             [self.header, self.details, self.conditions, events_box, self.progress_box, buttons],
@@ -300,10 +322,7 @@ class ComputeWidget(widgets.VBox):
         self.details.value = _details_html(compute)
         self.conditions.value = _conditions_html(compute)
         self.events.value = _events_html(compute)
-        state = compute.state
-        self.suspend_button.disabled = state not in ("Applying", "Pending", "Ready", "Failed")
-        self.resume_button.disabled = state != "Suspended"
-        self.delete_button.disabled = state == "Deleted"
+        _enable_actions(self.buttons, compute.state)
         self._refresh_transfer()
 
     def _refresh_transfer(self) -> None:
@@ -414,16 +433,9 @@ class _Row(widgets.HBox):
         self.resource = resource
         self.name = compute.name if compute is not None else resource.metadata.name  # type: ignore[union-attr]
         self.cells = [widgets.HTML(layout=widgets.Layout(width=w)) for w in self.CELL_WIDTHS]
-        self.suspend_button = widgets.Button(description="Suspend", tooltip=f"Suspend {self.name}",
-                                             layout=widgets.Layout(width="90px"))
-        self.resume_button = widgets.Button(description="Resume", tooltip=f"Resume {self.name}",
-                                            layout=widgets.Layout(width="90px"))
-        self.delete_button = widgets.Button(description="Delete", button_style="danger",
-                                            tooltip=f"Delete {self.name}", layout=widgets.Layout(width="90px"))
-        self.suspend_button.on_click(lambda _b: self.act("suspend"))
-        self.resume_button.on_click(lambda _b: self.act("resume"))
-        self.delete_button.on_click(lambda _b: self.act("delete"))
-        super().__init__(self.cells + [self.suspend_button, self.resume_button, self.delete_button])
+        self.buttons = _action_buttons(self.name, self.act, icons=False, width="90px")
+        self.suspend_button, self.resume_button, self.delete_button = self.buttons
+        super().__init__(self.cells + self.buttons)
         self.add_class("skytorch-row")
         self.add_class(f"skytorch-row-{self.name}")
         self._unsubscribe: Callable[[], None] | None = None
@@ -463,10 +475,7 @@ class _Row(widgets.HBox):
                   f'<span title="{_e(last_event)}">{_e(last_event[:60])}</span>']
         for cell, value in zip(self.cells, values):
             cell.value = value
-        own = self.compute is not None
-        self.suspend_button.disabled = not own or state not in ("Applying", "Pending", "Ready", "Failed")
-        self.resume_button.disabled = not own or state != "Suspended"
-        self.delete_button.disabled = state == "Deleted"
+        _enable_actions(self.buttons, state, own=self.compute is not None)
 
     def act(self, action: str) -> None:
         """Suspend, resume or delete this row's Compute."""
