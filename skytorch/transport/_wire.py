@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import binascii
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -350,12 +351,10 @@ class _TunedH2Protocol(H2Protocol):
         super().connection_made(transport)
         h2 = self.connection._connection
         h2.incoming_buffer = _FastFrameBuffer(h2, server=not h2.config.client_side)
-        self.connection._connection.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
+        h2.update_settings({SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
         self.connection.flush()
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            import socket
-
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
