@@ -22,7 +22,6 @@ import contextlib
 import io
 import os
 import pathlib
-import resource
 import socket
 import statistics
 import struct
@@ -45,12 +44,10 @@ MiB = 1 << 20
 
 @contextlib.contextmanager
 def spawn(args: list[str], what: str):
-    """Start a server process that writes its port into a file; yield (port, Popen)."""
+    """Start a server process with a port file as its last argument; yield (port, Popen) once it is written."""
     with tempfile.TemporaryDirectory() as tmp:
         portfile = os.path.join(tmp, "port")
-        proc = subprocess.Popen([sys.executable, *args, portfile] if "{}" not in args else
-                                [sys.executable, *[a.replace("{}", portfile) for a in args]],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, *args, portfile], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 60
             while not os.path.exists(portfile):
