@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
+from skytorch.resources import GROUP, KIND, PLURAL, SINGULAR, VERSION  # the names the client and operator use
+
 K8S_VERSION = "1.37.0"
-GROUP = "compute.skytorch.dev"
 HERE = pathlib.Path(__file__).resolve().parent
 OUTPUT = HERE / "compute.skytorch.dev_computes.yaml"
 
@@ -254,13 +255,13 @@ def crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"computes.{GROUP}", "labels": {"app.kubernetes.io/part-of": "skytorch"}},
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "skytorch"}},
         "spec": {
             "group": GROUP,
-            "names": {"kind": "Compute", "listKind": "ComputeList", "plural": "computes", "singular": "compute"},
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR},
             "scope": "Namespaced",
             "versions": [{
-                "name": "v1alpha1",
+                "name": VERSION,
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
