@@ -105,6 +105,18 @@ async def test_oversized_declaration_is_refused_before_allocation(tensor_server_
     await good_call_works(server.port)
 
 
+async def test_store_counts_a_replaced_id_once_and_forgets_a_popped_one(tensor_server_factory) -> None:
+    server = await tensor_server_factory()
+    store = server.service.store
+    async with TensorClient("127.0.0.1", server.port) as client:
+        await client.send_tensors(torch.ones(10), torch.ones(3, dtype=torch.int64), ids=["a", "b"])
+        assert store.used_bytes == 40 + 24
+        await client.send_tensors(torch.ones(100), ids=["a"])  # replaces "a", keeps its place
+        assert store.used_bytes == 400 + 24 and store.ids() == ["a", "b"]
+        await client.receive_tensors(parameters={"ids": "a", "pop": "true"})
+        assert store.used_bytes == 24 and store.ids() == ["b"]
+
+
 async def test_store_bound_is_all_or_nothing(tensor_server_factory) -> None:
     server = await tensor_server_factory(max_store_bytes=MiB)
     part = torch.ones(100_000)  # 400 kB

@@ -86,7 +86,6 @@ class TensorStore:
     def __init__(self, max_bytes: int | None) -> None:
         self.max_bytes = max_bytes
         self._tensors: dict[str, torch.Tensor] = {}
-        self._sizes: dict[str, int] = {}
         self._used = 0
         self._reserved = 0
 
@@ -115,14 +114,15 @@ class TensorStore:
         """Give back a reservation."""
         self._reserved -= nbytes
 
-    def commit(self, items: list[tuple[str, torch.Tensor, int]]) -> None:
+    def commit(self, items: list[tuple[str, torch.Tensor]]) -> None:
         """Store reserved tensors (replacing ones with the same id) and turn their reservations into use."""
-        for tensor_id, tensor, nbytes in items:
+        for tensor_id, tensor in items:
+            nbytes = tensor_nbytes(tensor)
             self._reserved -= nbytes
-            if tensor_id in self._tensors:
-                self._used -= self._sizes[tensor_id]
+            replaced = self._tensors.get(tensor_id)
+            if replaced is not None:
+                self._used -= tensor_nbytes(replaced)
             self._tensors[tensor_id] = tensor
-            self._sizes[tensor_id] = nbytes
             self._used += nbytes
 
     def get(self, tensor_id: str) -> torch.Tensor:
@@ -133,7 +133,7 @@ class TensorStore:
         """Remove and return a tensor (None when absent)."""
         tensor = self._tensors.pop(tensor_id, None)
         if tensor is not None:
-            self._used -= self._sizes.pop(tensor_id)
+            self._used -= tensor_nbytes(tensor)
         return tensor
 
     def ids(self) -> list[str]:
@@ -223,7 +223,7 @@ class TensorService:
     async def send_tensors(self, stream: Stream) -> None:
         """SendTensors: store every received tensor under its id; all of the call or nothing."""
         async with self._call("SendTensors"):
-            reserved: list[tuple[str, torch.Tensor, int]] = []
+            reserved: list[tuple[str, torch.Tensor]] = []
             held = 0
 
             def reserve(tensor_id: str, nbytes: int) -> None:
@@ -239,13 +239,13 @@ class TensorService:
                 while (chunk := await self._recv(stream)) is not None:
                     done = assembler.feed(chunk)
                     if done is not None:
-                        reserved.append((done.tensor_id, self._place(done.tensor), tensor_nbytes(done.tensor)))
+                        reserved.append((done.tensor_id, self._place(done.tensor)))
                 assembler.finish()
             except BaseException:
                 self.store.release(held)
                 raise
             self.store.commit(reserved)
-            ids = [tensor_id for tensor_id, _, _ in reserved]
+            ids = [tensor_id for tensor_id, _ in reserved]
             logger.debug("stored %d tensor(s): %s", len(ids), ids)
             await stream.send_message(SendTensorsResponse(
                 success=True, message=f"Received {len(ids)} tensor(s)", tensor_ids=ids,
