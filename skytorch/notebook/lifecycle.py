@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from skytorch.client import _hooks
+from skytorch.client import _hooks, current_backend
 
 if TYPE_CHECKING:  # pragma: no cover
     from skytorch.client import Compute
@@ -454,8 +454,6 @@ async def collect_garbage(*, dry_run: bool = False, any_host: bool = False) -> l
 
     Returns what was found (and, unless ``dry_run``, deleted).
     """
-    from skytorch.client import current_backend
-
     backend = await current_backend()
     orphans = find_orphans(await backend.list(KERNEL_LABEL), any_host=any_host)
     if not dry_run:

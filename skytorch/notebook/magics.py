@@ -20,6 +20,8 @@ from typing import Any, Sequence
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
+from skytorch.client import current_backend
+from skytorch.client._sync import run_sync
 from skytorch.notebook import lifecycle
 
 logger = logging.getLogger(__name__)
@@ -146,12 +148,6 @@ def _help_text() -> str:
 HELP = _help_text()
 
 
-def _run(coro: Any) -> Any:
-    from skytorch.client._sync import run_sync
-
-    return run_sync(coro)
-
-
 def _make_compute(args: argparse.Namespace) -> Any:
     from skytorch.client import Compute
 
@@ -215,7 +211,7 @@ class SkyTorchMagics(Magics):
         self.shell.user_ns[var] = compute
         display(compute)
         if args.wait:
-            _run(compute.ready(timeout=args.timeout))
+            run_sync(compute.ready(timeout=args.timeout))
         return None
 
     def _find(self, name: str) -> Any:
@@ -234,16 +230,14 @@ class SkyTorchMagics(Magics):
             if compute is None:
                 missing.append(name)
                 continue
-            _run(getattr(compute, action)())
+            run_sync(getattr(compute, action)())
         if missing:
             if action == "delete":
                 async def delete_by_name() -> list[str]:
-                    from skytorch.client import current_backend
-
                     backend = await current_backend()
                     return [n for n in missing if not await backend.delete(n)]
 
-                missing = _run(delete_by_name())
+                missing = run_sync(delete_by_name())
             if missing:
                 sys.stderr.write(f"%skytorch {action}: no Compute named {', '.join(missing)} "
                                  "in this kernel\n")
@@ -258,7 +252,7 @@ class SkyTorchMagics(Magics):
         self._each(args.names, "delete")
 
     def _cmd_down(self, args: argparse.Namespace) -> None:
-        deleted = _run(lifecycle.registry().delete_all(include_kept=False))
+        deleted = run_sync(lifecycle.registry().delete_all(include_kept=False))
         kept = [c.name for c in lifecycle.registry().computes() if getattr(c, "keep", False)]
         sys.stdout.write(f"Deleted {len(deleted)} Compute(s): {', '.join(deleted) or '-'}"
                          + (f"; kept: {', '.join(kept)}" if kept else "") + "\n")
@@ -269,7 +263,7 @@ class SkyTorchMagics(Magics):
         return dashboard(all=args.all)
 
     def _cmd_gc(self, args: argparse.Namespace) -> None:
-        orphans = _run(lifecycle.collect_garbage(dry_run=args.dry_run, any_host=args.any_host))
+        orphans = run_sync(lifecycle.collect_garbage(dry_run=args.dry_run, any_host=args.any_host))
         verb = "Would delete" if args.dry_run else "Deleted"
         if not orphans:
             sys.stdout.write("No Computes left behind by dead kernels.\n")
@@ -301,13 +295,13 @@ class SkyTorchMagics(Magics):
         self.shell.user_ns[args.var or "compute"] = compute
         try:
             if compute.state == "Suspended":
-                _run(compute.resume())
-            _run(compute.ready(timeout=args.timeout))
+                run_sync(compute.resume())
+            run_sync(compute.ready(timeout=args.timeout))
             return self._run_body(cell)
         finally:
             if args.ephemeral:
                 try:
-                    _run(compute.delete())
+                    run_sync(compute.delete())
                 except BaseException:
                     logger.warning("Could not delete ephemeral Compute %s", compute.name, exc_info=True)
 
@@ -325,11 +319,11 @@ class SkyTorchMagics(Magics):
         body_code = compile(tree, "<%%skytorch>", "exec", flags=flags, dont_inherit=True)
         result = eval(body_code, ns)  # noqa: S307 - the user's own cell, like IPython runs it
         if inspect.iscoroutine(result):
-            _run(result)
+            run_sync(result)
         if last_expr is None:
             return None
         expr_code = compile(last_expr, "<%%skytorch>", "eval", flags=flags, dont_inherit=True)
         value = eval(expr_code, ns)  # noqa: S307
         if inspect.iscoroutine(value):
-            value = _run(value)
+            value = run_sync(value)
         return value

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import ipywidgets as widgets
 
+from skytorch.client import current_backend
+from skytorch.client._sync import run_sync
 from skytorch.notebook import lifecycle
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,13 +55,6 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 def _in_kernel() -> bool:
     return lifecycle._current_kernel() is not None
-
-
-def _run(coro_factory: Callable[[], Any]) -> Any:
-    """Run a coroutine from sync code (a button click) on the kernel's own loop."""
-    from skytorch.client._sync import run_sync
-
-    return run_sync(coro_factory())
 
 
 def human_bytes(n: float | None) -> str:
@@ -341,7 +336,7 @@ class ComputeWidget(widgets.VBox):
         """Run ``suspend``, ``resume`` or ``delete`` on the Compute (what the buttons do)."""
         self.message.value = ""
         try:
-            _run(getattr(self.compute, action))
+            run_sync(getattr(self.compute, action)())
         except Exception as exc:  # shown in the widget: a click has no cell to raise into
             logger.warning("%s of Compute %s failed", action, self.compute.name, exc_info=True)
             self.message.value = f'<span style="color:#d93025">{_e(action)} failed: {_e(exc)}</span>'
@@ -481,16 +476,14 @@ class _Row(widgets.HBox):
         """Suspend, resume or delete this row's Compute."""
         try:
             if self.compute is not None:
-                _run(getattr(self.compute, action))
+                run_sync(getattr(self.compute, action)())
             elif action == "delete":
                 name = self.name
 
                 async def delete() -> None:
-                    from skytorch.client import current_backend
-
                     await (await current_backend()).delete(name)
 
-                _run(delete)
+                run_sync(delete())
                 self.dashboard.remove_row(self.name)
         except Exception as exc:
             logger.warning("%s of Compute %s failed", action, self.name, exc_info=True)
@@ -679,11 +672,9 @@ def dashboard(all: bool = False) -> ClusterDashboard:  # noqa: A002 - the issue 
         _start_watch(compute)
     resources: list[Any] = []
     if all:
-        from skytorch.client import current_backend
-
         async def listing() -> list[Any]:
             return await (await current_backend()).list()
 
-        resources = _run(listing)
+        resources = run_sync(listing())
     title = "All SkyTorch Computes" if all else "This kernel's Computes"
     return ClusterDashboard(own, resources=resources, follow_registry=True, title=title)
