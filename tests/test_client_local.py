@@ -22,6 +22,27 @@ NEVER_READY = "import time\nwhile True: time.sleep(1)"
 CRASH = "import sys; sys.stderr.write('fatal: out of widgets\\n'); sys.exit(7)"
 
 
+def run_on_a_new_loop(coro, loops: list | None = None):
+    """Run ``coro`` on a brand-new event loop, then cancel what is left on it and close it.
+
+    What ``asyncio.run`` does, but it stays so in this pytest process: once any test calls a
+    sync entry point inside a running loop, ``nest_asyncio`` replaces ``asyncio.run`` for the
+    whole process by a version that reuses the thread's one loop and never closes it. The
+    tests below would then no longer use a second loop, and leave the Compute's watch and
+    event-stream tasks pending on a loop that is later closed or collected ("Task was
+    destroyed but it is pending", "Exception ignored in: <async_generator ... watch>").
+    ``loops`` collects the loops used, so a test can check they really were new ones.
+    """
+
+    async def _record():
+        if loops is not None:
+            loops.append(asyncio.get_running_loop())
+        return await coro
+
+    with asyncio.Runner() as runner:
+        return runner.run(_record())
+
+
 def local_pid(name: str) -> int | None:
     backend = _config.resolved_backend()
     return backend.pids().get(name) if backend is not None else None
@@ -95,12 +116,14 @@ def test_a_compute_constructed_outside_a_loop_works_in_later_event_loops(local_c
         await compute.ready(timeout=90)
         return (await compute.receive_tensors(count=1, parameters={"shape": "2,3"}))[0].shape
 
+    loops: list = []
     try:
-        assert asyncio.run(use_it()) == torch.Size([2, 3])
+        assert run_on_a_new_loop(use_it(), loops) == torch.Size([2, 3])
         assert compute.is_ready() is True
-        assert asyncio.run(use_it()) == torch.Size([2, 3])  # a second loop: watch and client reconnect
+        assert run_on_a_new_loop(use_it(), loops) == torch.Size([2, 3])  # a second loop: watch and client reconnect
     finally:
         run_sync(compute.delete(grace_period_seconds=5))
+    assert loops[0] is not loops[1] and all(loop.is_closed() for loop in loops)
 
 
 async def test_apply_errors_are_reraised_by_every_later_call(local_client, monkeypatch):
@@ -376,9 +399,11 @@ def test_a_compute_made_in_one_event_loop_works_in_the_next(local_client):
         await compute.resume(timeout=90)
         return out.tolist(), compute.state
 
+    loops: list = []
     try:
-        assert asyncio.run(first()) == torch.Size([2])
-        assert asyncio.run(second()) == ([0.0, 1.0, 2.0], "Ready")
+        assert run_on_a_new_loop(first(), loops) == torch.Size([2])
+        assert run_on_a_new_loop(second(), loops) == ([0.0, 1.0, 2.0], "Ready")
     finally:
         run_sync(holder["compute"].delete(grace_period_seconds=5))
     assert holder["compute"].state == "Deleted"
+    assert loops[0] is not loops[1] and all(loop.is_closed() for loop in loops)
