@@ -58,18 +58,18 @@ async def load_client_configuration(config: OperatorConfig) -> tuple[k8s.Configu
     ``KUBECONFIG`` / ``~/.kube/config``.
     """
     client_config = k8s.Configuration()
-    if config.kubeconfig:
-        loader = await k8s_config.load_kube_config(config_file=config.kubeconfig,
-                                                   client_configuration=client_config)
-        return client_config, (loader.current_context.get("context") or {}).get("namespace")
-    try:
-        k8s_config.load_incluster_config(client_configuration=client_config)
-        return client_config, None
-    except k8s_config.ConfigException:
-        pass
-    try:
-        loader = await k8s_config.load_kube_config(client_configuration=client_config)
+    if not config.kubeconfig:
+        try:
+            k8s_config.load_incluster_config(client_configuration=client_config)
+            return client_config, None
+        except k8s_config.ConfigException:
+            pass
+    try:  # config.kubeconfig, else KUBECONFIG / ~/.kube/config
+        loader = await k8s_config.load_kube_config(config_file=config.kubeconfig, client_configuration=client_config)
     except (k8s_config.ConfigException, OSError) as exc:
+        if config.kubeconfig:
+            raise BackendError(f"The SkyTorch operator could not load kubeconfig {config.kubeconfig} "
+                               f"(SKYTORCH_OPERATOR_KUBECONFIG or --kubeconfig): {exc}") from exc
         raise BackendError("The SkyTorch operator found no Kubernetes credentials: not in a cluster, and no "
                            f"kubeconfig (set SKYTORCH_OPERATOR_KUBECONFIG or KUBECONFIG): {exc}") from exc
     return client_config, (loader.current_context.get("context") or {}).get("namespace")

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from skytorch.errors import BackendError
 from skytorch.operator import run
 from skytorch.operator.settings import OperatorConfig, OperatorConfigError
 
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
                                          kubeconfig=args.kubeconfig, liveness_endpoint=args.liveness_endpoint)
     except OperatorConfigError as exc:
         parser.error(str(exc))
-    asyncio.run(run(config))
+    try:
+        asyncio.run(run(config))
+    except BackendError as exc:  # no credentials, or an unreadable kubeconfig: say so, without a traceback
+        parser.exit(1, f"{parser.prog}: {exc}\n")
     return 0
 
 
