@@ -386,15 +386,17 @@ def compute_mimebundle(compute: "Compute", *, widget: bool | None = None, **kwar
     data: dict[str, Any] = {"text/plain": compute_text(compute), "text/html": compute_html(compute)}
     if widget is None:
         widget = _in_kernel()
+    view = None
     if widget:
         _start_watch(compute)
-        view = compute_widget(compute)._repr_mimebundle_(**kwargs) or {}
-        if WIDGET_MIME in view:
-            data[WIDGET_MIME] = view[WIDGET_MIME]
-    return _filter(data, kwargs)
+        view = compute_widget(compute)._repr_mimebundle_(**kwargs)
+    return _bundle(data, view, kwargs)
 
 
-def _filter(data: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _bundle(data: dict[str, Any], view: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``data`` plus the widget view out of ``view`` (a widget's own bundle), then IPython's include/exclude."""
+    if view and WIDGET_MIME in view:
+        data[WIDGET_MIME] = view[WIDGET_MIME]
     include, exclude = kwargs.get("include"), kwargs.get("exclude")
     if include:
         data = {k: v for k, v in data.items() if k in include}
@@ -634,11 +636,7 @@ class ClusterDashboard(widgets.VBox):
     def mimebundle(self, *, widget: bool = True, **kwargs: Any) -> dict[str, Any]:
         """Display data: the widget view plus ``text/plain`` and ``text/html``."""
         data: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
-        if widget:
-            view = super()._repr_mimebundle_(**kwargs) or {}
-            if WIDGET_MIME in view:
-                data[WIDGET_MIME] = view[WIDGET_MIME]
-        return _filter(data, kwargs)
+        return _bundle(data, super()._repr_mimebundle_(**kwargs) if widget else None, kwargs)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         return self.mimebundle(**kwargs)
