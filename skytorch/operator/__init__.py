@@ -25,6 +25,7 @@ from skytorch.operator.handlers import registry
 from skytorch.operator.manifests import InvalidComputeSpec
 from skytorch.operator.reconciler import Reconciler
 from skytorch.operator.settings import OperatorConfig, OperatorConfigError
+from skytorch.resources import GROUP
 
 __all__ = ["InvalidComputeSpec", "OperatorConfig", "OperatorConfigError", "kopf_settings",
            "load_client_configuration", "registry", "run"]
@@ -42,10 +43,10 @@ def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.posting.enabled = config.post_events
     settings.posting.reporting_component = config.reporting_component
     settings.peering.standalone = True
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="compute.skytorch.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="compute.skytorch.dev", key="last-handled-configuration")
-    settings.persistence.finalizer = "compute.skytorch.dev/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP,
+                                                                           key="last-handled-configuration")
+    settings.persistence.finalizer = f"{GROUP}/operator"
     settings.watching.server_timeout = config.watch_server_timeout
     settings.networking.error_backoffs = (0.5, 1, 2, 5)
     return settings

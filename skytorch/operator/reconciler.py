@@ -20,7 +20,16 @@ from skytorch.operator import manifests
 from skytorch.operator.manifests import InvalidComputeSpec
 from skytorch.operator.settings import OperatorConfig
 from skytorch.operator.status import Failure, desired_status, transitions
-from skytorch.resources import GROUP, OPERATOR_FIELD_MANAGER, PLURAL, READY, SUSPENDED, VERSION, service_hostname
+from skytorch.resources import (
+    GROUP,
+    KIND,
+    OPERATOR_FIELD_MANAGER,
+    PLURAL,
+    READY,
+    SUSPENDED,
+    VERSION,
+    service_hostname,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +219,7 @@ def _key(compute: Mapping[str, Any]) -> Key:
 
 def _controller_owner(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == "Compute" and ref.get("apiVersion", "").startswith(GROUP):
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(GROUP):
             return ref
     return None
 
