@@ -212,11 +212,9 @@ class KubernetesBackend(Backend):
         try:
             data = await self._objects().get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name,
                                                                       _request_timeout=self._timeout())
-        except ApiException as exc:
-            if exc.status == 404:
+        except (ApiException, aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc, ApiException) and exc.status == 404:
                 return None
-            raise self._error(exc, "get", name) from exc
-        except (aiohttp.ClientError, OSError) as exc:
             raise self._error(exc, "get", name) from exc
         return ComputeResource.from_dict(data)
 
@@ -238,11 +236,9 @@ class KubernetesBackend(Backend):
             await self._objects().delete_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, name, grace_period_seconds=grace_period_seconds, body=options,
                 _request_timeout=self._timeout())
-        except ApiException as exc:
-            if exc.status == 404:
+        except (ApiException, aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc, ApiException) and exc.status == 404:
                 return False
-            raise self._error(exc, "delete", name) from exc
-        except (aiohttp.ClientError, OSError) as exc:
             raise self._error(exc, "delete", name) from exc
         return True
 
