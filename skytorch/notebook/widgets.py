@@ -430,6 +430,7 @@ class _Row(widgets.HBox):
         self.resource = resource
         self.name = compute.name if compute is not None else resource.metadata.name  # type: ignore[union-attr]
         self.cells = [widgets.HTML(layout=widgets.Layout(width=w)) for w in self.CELL_WIDTHS]
+        self.endpoint = "-"  # as last shown by refresh(), for the text/plain table
         self.buttons = _action_buttons(self.name, self.act, icons=False, width="90px")
         self.suspend_button, self.resume_button, self.delete_button = self.buttons
         super().__init__(self.cells + self.buttons)
@@ -468,6 +469,7 @@ class _Row(widgets.HBox):
             addresses = self.resource.status.addresses  # type: ignore[union-attr]
             endpoint = addresses[0].get("address", "-") if addresses else "-"
             last_event = "(another kernel's Compute)"
+        self.endpoint = endpoint
         values = [f"<b>{_e(self.name)}</b>", badge_html(state), _e(ready_since), f"<code>{_e(endpoint)}</code>",
                   f'<span title="{_e(last_event)}">{_e(last_event[:60])}</span>']
         for cell, value in zip(self.cells, values):
@@ -605,7 +607,7 @@ class ClusterDashboard(widgets.VBox):
         """A plain-text table (the ``text/plain`` fallback)."""
         lines = [f"{self.title}: {self.summary_text()}"]
         for row in self.rows.values():
-            lines.append(f"  {row.name:<30} {row.state:<10} {row.cells[3].value.replace('<code>', '').replace('</code>', '')}")
+            lines.append(f"  {row.name:<30} {row.state:<10} {row.endpoint}")
         return "\n".join(lines)
 
     def html(self) -> str:
