@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -152,7 +156,7 @@ async def test_async_with_is_ready_then_deleted_with_the_grace_period(on_kube, o
     flipper = asyncio.ensure_future(flip())
     async with Compute("ctx", image=IMAGE, host="127.0.0.1", port=server.port) as compute:
         await flipper
-        assert compute.is_ready(), "is_ready() works inside a running loop"
+        assert await asyncio.to_thread(compute.is_ready), "the sync is_ready() sees it ready"
         assert compute.resource.condition("Ready").status == "True"
         assert [c.type for c in compute.resource.status.conditions] == ["Ready", "Suspended"]
         tensor = torch.arange(12, dtype=torch.float32).reshape(3, 4)
@@ -269,7 +273,7 @@ async def test_suspend_and_resume(on_kube, operator, server):
         await compute.send_tensors(torch.ones(3))
     await until(lambda: compute.state == "Suspended", "the Suspended condition")
     assert compute.resource.condition("Suspended").status == "True"
-    assert not compute.is_ready()
+    assert not await asyncio.to_thread(compute.is_ready)
 
     resuming = asyncio.ensure_future(compute.resume(timeout=30))
     await until(lambda: stored(on_kube, "sleeper")["spec"]["suspend"] is False, "the resume apply")
@@ -350,6 +354,35 @@ async def test_log_event_logs_real_events_at_their_levels(on_kube, operator, cap
     await compute.delete(grace_period_seconds=0)
 
 
+def test_sync_calls_inside_a_running_loop_on_kubernetes(on_kube, fake_operator, server, repo_env):
+    """As in a notebook cell: sync is_ready() while the loop runs, on the Kubernetes backend.
+
+    In a child process, because nest_asyncio (which makes this work on the
+    caller's own loop) patches asyncio for the whole process it runs in.
+    """
+    code = textwrap.dedent(f"""
+        import asyncio
+        from skytorch.client import Cluster, Compute
+
+        async def main():
+            compute = Compute("nested-kube", image="{IMAGE}", host="127.0.0.1", port={server.port})
+            await compute.ready(timeout=60)
+            assert compute.is_ready() is True                   # a GET, on this very loop
+            assert Cluster(compute).is_ready() is True
+            await compute.suspend()
+            assert compute.is_ready() is False
+            await compute.delete(grace_period_seconds=5)
+            print("OK")
+
+        asyncio.run(main())
+    """)
+    env = {**repo_env, "SKYTORCH_BACKEND": "kubernetes", "KUBECONFIG": os.environ["KUBECONFIG"]}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-3000:]
+    assert len(on_kube.requests_made("GET", "/computes/nested-kube$")) >= 3, "each is_ready() read the resource"
+    assert on_kube.requests_made("DELETE", "/computes/nested-kube$")
+
+
 # ------------------------------------------------------------------ Cluster
 
 
@@ -358,7 +391,7 @@ async def test_cluster_ready_in_parallel_tensors_to_all_then_all_deleted(on_kube
     cluster = Cluster(*(Compute(n, image=IMAGE, host="127.0.0.1", port=server.port) for n in names))
     assert len(cluster) == 3 and [c.name for c in cluster] == list(names) and cluster[1].name == "member-2"
     async with cluster as (first, second, third):
-        assert cluster.is_ready()
+        assert await asyncio.to_thread(cluster.is_ready)
         tensor = torch.randn(16, 16)
         responses = await asyncio.gather(*(c.send_tensors(tensor) for c in (first, second, third)))
         assert all(r.success for r in responses)
@@ -410,7 +443,7 @@ async def test_full_lifecycle_against_the_upstream_crd(on_kube, fake_operator, s
         assert (await compute.send_tensors(torch.ones(2))).success
         await compute.suspend()
         await compute.resume(timeout=30)
-        assert compute.is_ready()
+        assert await asyncio.to_thread(compute.is_ready)
     statuses = [r.status for r in on_kube.requests_made() if "/computes" in r.path]
     assert statuses and all(s < 400 for s in statuses), statuses
     sent = on_kube.requests_made("PATCH", "/computes/upstream$")[0].body
