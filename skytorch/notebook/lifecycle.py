@@ -329,12 +329,13 @@ async def _cleanup_at_shutdown() -> None:
     connections); if that loop is busy and does not pick them up within a
     fraction of the budget, they run here instead.
     """
-    budget = shutdown_timeout()
-    deadline = asyncio.get_running_loop().time() + budget
     if not _registry.computes(include_kept=False):
         return
-    loop = _state.loop
+    budget = shutdown_timeout()
     here = asyncio.get_running_loop()
+    start = here.time()
+    deadline = start + budget
+    loop = _state.loop
     if loop is not None and loop is not here and loop.is_running() and not loop.is_closed():
         started = threading.Event()
 
@@ -344,7 +345,7 @@ async def _cleanup_at_shutdown() -> None:
 
         future = asyncio.run_coroutine_threadsafe(on_main_loop(), loop)
         pickup = min(0.5, budget / 4)
-        while not started.is_set() and here.time() < deadline - budget + pickup:
+        while not started.is_set() and here.time() < start + pickup:
             await asyncio.sleep(0.02)
         if started.is_set():
             try:
