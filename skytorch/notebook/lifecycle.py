@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from skytorch.client import _hooks, current_backend
+from skytorch.client.compute import KEEP_LABEL  # on Computes made with keep=True: neither shutdown nor gc deletes them
 
 if TYPE_CHECKING:  # pragma: no cover
     from skytorch.client import Compute
@@ -47,8 +48,6 @@ HOST_LABEL = "skytorch.dev/host"
 PID_LABEL = "skytorch.dev/kernel-pid"
 #: Label holding the kernel process's start time (seconds since the epoch), to tell a reused pid apart.
 START_LABEL = "skytorch.dev/kernel-start"
-#: Label on Computes created with ``keep=True``: neither shutdown nor ``gc`` deletes them.
-KEEP_LABEL = "skytorch.dev/keep"
 
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
