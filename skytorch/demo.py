@@ -52,14 +52,16 @@ async def run(mib: int = 32) -> None:
               f"{2 * tensor.nbytes / dt / 1e6:,.0f} MB/s in total")
 
         t0 = time.perf_counter()
-        got_a, got_b = await asyncio.gather(
-            a.receive_tensors(count=2, parameters={"shape": "1024,1024"}),
-            b.receive_tensors(count=2, parameters={"shape": "1024,1024"}),
+        got_a, got_b = await asyncio.gather(  # the tensor each one stored, streamed back and removed there
+            a.receive_tensors(parameters={"ids": ra.tensor_ids[0], "pop": "true"}),
+            b.receive_tensors(parameters={"ids": rb.tensor_ids[0], "pop": "true"}),
         )
         dt = time.perf_counter() - t0
-        nbytes = sum(t.nbytes for t in got_a + got_b)
-        print(f"receive_tensors 2 from each: shapes {[tuple(t.shape) for t in got_a]}; "
-              f"{nbytes / dt / 1e6:,.0f} MB/s in total")
+        same = all(torch.equal(t, tensor) for t in got_a + got_b)
+        print(f"receive_tensors the stored tensor back from each: {'identical' if same else 'DIFFERENT'}; "
+              f"{2 * tensor.nbytes / dt / 1e6:,.0f} MB/s in total")
+        generated = await a.receive_tensors(count=2, parameters={"shape": "20,20"})
+        print(f"receive_tensors count=2, shape 20,20 (generated there): {[tuple(t.shape) for t in generated]}")
 
         inputs = [torch.randn(256, 256), torch.randn(numel // 2)]
         t0 = time.perf_counter()

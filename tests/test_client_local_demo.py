@@ -27,6 +27,7 @@ def test_demo_runs_on_the_local_backend_and_cleans_up(tmp_path):
             proc.wait()
     assert proc.returncode == 0, out
     assert "Both ready in" in out and "round trip identical" in out and "MB/s" in out
+    assert "stored tensor back from each: identical" in out
     assert "Done: demo-a Deleted, demo-b Deleted" in out
     for line in out.splitlines():  # the servers it started are gone
         if "Started tensor server process" in line:
