@@ -7,6 +7,10 @@ checks that its row goes, and saves a screenshot under ``artifacts/``.
 
 from __future__ import annotations
 
+import contextlib
+import pathlib
+from typing import Any, Iterator
+
 import pytest
 
 from tests.plugins.notebook import (
@@ -27,19 +31,25 @@ KERNEL_IDLE = """() => {
 }"""
 
 
-def test_dashboard_in_jupyterlab_shows_3_of_3_ready_and_a_row_goes_on_delete(tmp_path):
+@contextlib.contextmanager
+def notebook_running_in_lab(notebook: str, tmp_path: pathlib.Path) -> Iterator[Any]:
+    """Open ``notebooks/<notebook>`` in JupyterLab in Chromium, start running all its cells, yield the page."""
     root = tmp_path / "root"
-    copy_notebook("02-cluster-dashboard.ipynb", root)
-    shot = ARTIFACTS / "browser" / "02-cluster-dashboard-after-delete.png"
-    before = ARTIFACTS / "browser" / "02-cluster-dashboard-3-of-3-ready.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
+    copy_notebook(notebook, root)
+    (ARTIFACTS / "browser").mkdir(parents=True, exist_ok=True)
     with jupyterlab(root, kernel_env(tmp_path), tmp_path / "jupyterlab.log") as lab, launch_chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.set_default_timeout(180_000)
-        page.goto(f"{lab.url}/lab/tree/02-cluster-dashboard.ipynb?token={lab.token}")
+        page.goto(f"{lab.url}/lab/tree/{notebook}?token={lab.token}")
         page.wait_for_function(KERNEL_IDLE, timeout=180_000)
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        yield page
 
+
+def test_dashboard_in_jupyterlab_shows_3_of_3_ready_and_a_row_goes_on_delete(tmp_path):
+    shot = ARTIFACTS / "browser" / "02-cluster-dashboard-after-delete.png"
+    before = ARTIFACTS / "browser" / "02-cluster-dashboard-3-of-3-ready.png"
+    with notebook_running_in_lab("02-cluster-dashboard.ipynb", tmp_path) as page:
         summaries = page.locator(".jp-OutputArea .skytorch-summary")
         # the Cluster's table and this kernel's dashboard: both reach 3/3 through pushed updates
         page.locator(".jp-OutputArea .skytorch-summary", has_text="3/3 ready").nth(1).wait_for()
@@ -67,16 +77,8 @@ def test_dashboard_in_jupyterlab_shows_3_of_3_ready_and_a_row_goes_on_delete(tmp
 
 
 def test_compute_widget_in_jupyterlab_follows_the_quickstart_to_the_end(tmp_path):
-    root = tmp_path / "root"
-    copy_notebook("01-quickstart.ipynb", root)
     shot = ARTIFACTS / "browser" / "01-quickstart-compute-widget.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    with jupyterlab(root, kernel_env(tmp_path), tmp_path / "jupyterlab.log") as lab, launch_chromium() as browser:
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.set_default_timeout(180_000)
-        page.goto(f"{lab.url}/lab/tree/01-quickstart.ipynb?token={lab.token}")
-        page.wait_for_function(KERNEL_IDLE, timeout=180_000)
-        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    with notebook_running_in_lab("01-quickstart.ipynb", tmp_path) as page:
         widget = page.locator(".jp-OutputArea .skytorch-compute-widget")
         # the 16 MiB send moves the progress bar; the last cell deletes the Compute
         widget.locator(".skytorch-transfer", has_text="send 16.0 MiB / 16.0 MiB").wait_for()
